@@ -1,0 +1,482 @@
+//! `connect(2)`: decide whether a call takes the fast path, and take it.
+//!
+//! The decision is plain data in, verdict out (`ConnectCall`, `SocketFacts`,
+//! `Verdict`). Taking the fast path never lets the kernel re-read the
+//! container's memory: the daemon connects its own host socket to its own copy
+//! of the address, then installs that socket under the container's fd number
+//! and answers with the result. A thread that rewrites the sockaddr after the
+//! check changes nothing (the TOCTOU of the Go tool, which answered CONTINUE
+//! after swapping the fd, cannot happen here).
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+use tokio::io::unix::AsyncFd;
+
+use crate::ignore::IgnoreList;
+use crate::netns::NetnsId;
+use crate::notify::{Delivery, Notification, NotifyFd};
+use crate::sockaddr::{decode_inet, MAX_SOCKADDR_LEN};
+use crate::sockopts::{HostDefaults, SocketOptions};
+use crate::tracee;
+
+/// How often a pending blocking connect checks that its caller still waits.
+const CALLER_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The arguments of one connect call, validated as the kernel would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectCall {
+    pub fd: RawFd,
+    pub addr_ptr: u64,
+    pub addr_len: usize,
+}
+
+impl ConnectCall {
+    /// `None` for argument values the kernel rejects by itself (negative fd,
+    /// negative or oversized length); those calls continue unchanged.
+    pub fn from_args(args: &[u64; 6]) -> Option<Self> {
+        // The kernel truncates both to int.
+        let fd = args[0] as u32 as i32;
+        let len = args[2] as u32 as i32;
+        if fd < 0 || len < 0 || len as usize > MAX_SOCKADDR_LEN {
+            return None;
+        }
+        Some(Self {
+            fd,
+            addr_ptr: args[1],
+            addr_len: len as usize,
+        })
+    }
+}
+
+/// What the daemon learned about the container's socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketFacts {
+    pub family: AddressFamily,
+    pub socket_type: SocketType,
+    pub protocol: Option<u32>,
+    /// `None` when the namespace could not be determined.
+    pub netns: Option<NetnsId>,
+    /// Bound to a local address or port, or to a device.
+    pub bound: bool,
+    /// The TCP state is CLOSE (not connecting, connected or listening).
+    pub closed: bool,
+}
+
+/// Why a call keeps the normal path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Arguments, address or fd the kernel will reject or we do not handle.
+    NotApplicable,
+    NotInet,
+    IgnoredDestination,
+    NotTcpStream,
+    FamilyMismatch,
+    /// The socket lives in another network namespace than the container's
+    /// (a nested namespace), or its namespace cannot be checked.
+    ForeignNamespace,
+    AlreadyBound,
+    NotClosed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Bypass,
+    Keep(Keep),
+}
+
+/// The verdict for a destination, before any work on the socket.
+pub fn check_destination(dst: &SocketAddr, ignore: &IgnoreList) -> Verdict {
+    if ignore.is_ignored(dst.ip()) {
+        Verdict::Keep(Keep::IgnoredDestination)
+    } else {
+        Verdict::Bypass
+    }
+}
+
+/// The verdict for the socket a call would connect.
+pub fn check_socket(facts: &SocketFacts, dst: &SocketAddr, container_netns: NetnsId) -> Verdict {
+    // Exact type match: SOCK_RAW (3) and SOCK_SEQPACKET (5) share bits with
+    // SOCK_STREAM (1), which is how the Go tool let them through.
+    if facts.socket_type != SocketType::STREAM
+        || facts.protocol.is_some_and(|p| p != libc::IPPROTO_TCP as u32)
+    {
+        return Verdict::Keep(Keep::NotTcpStream);
+    }
+    let family_ok = match dst {
+        SocketAddr::V4(_) => facts.family == AddressFamily::INET,
+        SocketAddr::V6(_) => facts.family == AddressFamily::INET6,
+    };
+    if !family_ok {
+        return Verdict::Keep(Keep::FamilyMismatch);
+    }
+    if facts.netns != Some(container_netns) {
+        return Verdict::Keep(Keep::ForeignNamespace);
+    }
+    if facts.bound {
+        return Verdict::Keep(Keep::AlreadyBound);
+    }
+    if !facts.closed {
+        return Verdict::Keep(Keep::NotClosed);
+    }
+    Verdict::Bypass
+}
+
+impl SocketFacts {
+    pub fn read(sock: impl AsFd) -> io::Result<Self> {
+        let sock = sock.as_fd();
+        let family = rustix::net::sockopt::socket_domain(sock)?;
+        let socket_type = rustix::net::sockopt::socket_type(sock)?;
+        let protocol = rustix::net::sockopt::socket_protocol(sock)?.map(|p| p.as_raw().get());
+        let is_inet = family == AddressFamily::INET || family == AddressFamily::INET6;
+        if !is_inet || socket_type != SocketType::STREAM {
+            return Ok(Self {
+                family,
+                socket_type,
+                protocol,
+                netns: None,
+                bound: false,
+                closed: false,
+            });
+        }
+        let netns = NetnsId::of_socket(sock).ok();
+        let local = rustix::net::getsockname(sock)?;
+        let bound = local_is_bound(&local) || bound_to_device(sock);
+        Ok(Self {
+            family,
+            socket_type,
+            protocol,
+            netns,
+            bound,
+            closed: tcp_state(sock)? == TCP_CLOSE,
+        })
+    }
+}
+
+fn local_is_bound(local: &rustix::net::SocketAddrAny) -> bool {
+    match SocketAddr::try_from(local.clone()) {
+        Ok(a) => a.port() != 0 || !a.ip().is_unspecified(),
+        Err(_) => true,
+    }
+}
+
+fn bound_to_device(sock: impl AsFd) -> bool {
+    let mut name = [0u8; libc::IFNAMSIZ];
+    let mut len = name.len() as libc::socklen_t;
+    // SAFETY: SO_BINDTODEVICE writes at most `len` bytes into `name`, a live
+    // local buffer, and updates `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock.as_fd()),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            name.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    // Unknown counts as bound: the caller then leaves the socket alone.
+    rc != 0 || len > 0
+}
+
+const TCP_CLOSE: u8 = 7;
+
+fn tcp_state(sock: impl AsFd) -> io::Result<u8> {
+    // SAFETY: tcp_info is plain integers, so all-zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: TCP_INFO writes at most `len` bytes into `info`, a live local of
+    // that size, and updates `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock.as_fd()),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.tcpi_state)
+}
+
+/// How a notification ended, for logs and counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The container now holds a host socket connected (or connecting) to `dst`.
+    Bypassed { dst: SocketAddr, errno: i32 },
+    /// The host connect failed at once; the container's socket is untouched.
+    Failed { dst: SocketAddr, errno: i32 },
+    /// The kernel ran the syscall on the container's own path.
+    Kept(Keep),
+    /// The caller died or was interrupted while we worked.
+    CallerGone,
+}
+
+/// Everything a connect handler needs about its container.
+pub struct ConnectContext<'a> {
+    pub notify: &'a NotifyFd,
+    pub container_netns: NetnsId,
+    pub ignore: &'a std::sync::RwLock<IgnoreList>,
+    pub defaults: &'a HostDefaults,
+}
+
+/// Handles one connect notification to completion: exactly one answer is sent
+/// unless the caller is gone.
+pub async fn handle(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<Outcome> {
+    let keep = |reason| -> io::Result<Outcome> {
+        Ok(match ctx.notify.answer_continue(n.id)? {
+            Delivery::Delivered => Outcome::Kept(reason),
+            Delivery::CallerGone => Outcome::CallerGone,
+        })
+    };
+    let Some(call) = ConnectCall::from_args(&n.args) else {
+        return keep(Keep::NotApplicable);
+    };
+    let mut raw = [0u8; MAX_SOCKADDR_LEN];
+    if tracee::read_memory(n.pid, call.addr_ptr, &mut raw[..call.addr_len]).is_err() {
+        // A bad pointer: the kernel answers EFAULT itself.
+        return keep(Keep::NotApplicable);
+    }
+    let Some(dst) = decode_inet(&raw[..call.addr_len]) else {
+        return keep(Keep::NotInet);
+    };
+    let verdict = match ctx.ignore.read() {
+        Ok(list) => check_destination(&dst, &list),
+        Err(_) => Verdict::Keep(Keep::NotApplicable),
+    };
+    if let Verdict::Keep(reason) = verdict {
+        return keep(reason);
+    }
+    let Ok(pidfd) = tracee::open_thread(n.pid) else {
+        return Ok(Outcome::CallerGone);
+    };
+    // The pidfd is the caller's only while the notification is still live.
+    if !ctx.notify.id_valid(n.id) {
+        return Ok(Outcome::CallerGone);
+    }
+    let Ok(orig) = tracee::copy_fd(&pidfd, call.fd) else {
+        // EBADF and the like: the kernel produces the right errno.
+        return keep(Keep::NotApplicable);
+    };
+    let facts = match SocketFacts::read(&orig) {
+        Ok(f) => f,
+        Err(_) => return keep(Keep::NotApplicable),
+    };
+    if let Verdict::Keep(reason) = check_socket(&facts, &dst, ctx.container_netns) {
+        return keep(reason);
+    }
+    let Some(defaults) = ctx.defaults.for_family(facts.family) else {
+        return keep(Keep::NotApplicable);
+    };
+    let nonblocking = rustix::fs::fcntl_getfl(&orig)?.contains(rustix::fs::OFlags::NONBLOCK);
+    let cloexec = tracee::fd_is_cloexec(n.pid, call.fd).unwrap_or(false);
+    let opts = SocketOptions::read(&orig, facts.family);
+    drop(orig);
+
+    let host = rustix::net::socket_with(
+        facts.family,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )?;
+    for refused in opts.apply_changed(&host, defaults) {
+        tracing::debug!(option = refused.option, errno = %refused.errno, "option not replayed on host socket");
+    }
+    let errno = match rustix::net::connect(&host, &dst) {
+        Ok(()) => 0,
+        Err(e) if e == rustix::io::Errno::INPROGRESS && nonblocking => libc::EINPROGRESS,
+        Err(e) if e == rustix::io::Errno::INPROGRESS => {
+            match wait_connected(ctx.notify, n.id, host, opts.send_timeout()).await? {
+                Waited::Done { host: h, errno: 0 } => return install(ctx, n, call, dst, h, cloexec, false, 0),
+                Waited::Done { errno, .. } => return fail(ctx, n, dst, errno),
+                Waited::TimedOut(h) => return install(ctx, n, call, dst, h, cloexec, false, libc::EINPROGRESS),
+                Waited::CallerGone => return Ok(Outcome::CallerGone),
+            }
+        }
+        Err(e) => return fail(ctx, n, dst, e.raw_os_error()),
+    };
+    install(ctx, n, call, dst, host, cloexec, nonblocking, errno)
+}
+
+enum Waited {
+    Done { host: OwnedFd, errno: i32 },
+    TimedOut(OwnedFd),
+    CallerGone,
+}
+
+/// Waits for a blocking connect without blocking a thread, honouring the
+/// socket's SO_SNDTIMEO like the kernel does, and giving up when the caller
+/// stops waiting.
+async fn wait_connected(
+    notify: &NotifyFd,
+    id: u64,
+    host: OwnedFd,
+    timeout: Option<Duration>,
+) -> io::Result<Waited> {
+    // SAFETY: `host` is an OwnedFd: its fd stays open and unchanged until
+    // into_inner hands it back or the AsyncFd drops it.
+    let afd = unsafe { AsyncFd::register_with_interest(host, tokio::io::Interest::WRITABLE) }
+        .map_err(|e| e.into_parts().1)?;
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut check = tokio::time::interval(CALLER_CHECK_INTERVAL);
+    check.tick().await;
+    loop {
+        let sleep_until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            guard = afd.writable() => {
+                let mut guard = guard?;
+                guard.clear_ready();
+                break;
+            }
+            _ = check.tick() => {
+                if !notify.id_valid(id) {
+                    return Ok(Waited::CallerGone);
+                }
+            }
+            _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() => {
+                return Ok(Waited::TimedOut(afd.into_inner()));
+            }
+        }
+    }
+    let host = afd.into_inner();
+    let errno = match rustix::net::sockopt::socket_error(&host)? {
+        Ok(()) => 0,
+        Err(e) => e.raw_os_error(),
+    };
+    Ok(Waited::Done { host, errno })
+}
+
+fn fail(ctx: &ConnectContext<'_>, n: &Notification, dst: SocketAddr, errno: i32) -> io::Result<Outcome> {
+    Ok(match ctx.notify.answer(n.id, 0, errno)? {
+        Delivery::Delivered => Outcome::Failed { dst, errno },
+        Delivery::CallerGone => Outcome::CallerGone,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn install(
+    ctx: &ConnectContext<'_>,
+    n: &Notification,
+    call: ConnectCall,
+    dst: SocketAddr,
+    host: OwnedFd,
+    cloexec: bool,
+    nonblocking: bool,
+    errno: i32,
+) -> io::Result<Outcome> {
+    if !nonblocking {
+        let flags = rustix::fs::fcntl_getfl(&host)?;
+        rustix::fs::fcntl_setfl(&host, flags - rustix::fs::OFlags::NONBLOCK)?;
+    }
+    if ctx.notify.install_fd(n.id, host.as_fd(), call.fd, cloexec)? == Delivery::CallerGone {
+        return Ok(Outcome::CallerGone);
+    }
+    Ok(match ctx.notify.answer(n.id, 0, errno)? {
+        Delivery::Delivered => Outcome::Bypassed { dst, errno },
+        Delivery::CallerGone => Outcome::CallerGone,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns() -> NetnsId {
+        NetnsId::current().expect("own netns")
+    }
+
+    fn tcp_facts(family: AddressFamily) -> SocketFacts {
+        SocketFacts {
+            family,
+            socket_type: SocketType::STREAM,
+            protocol: Some(libc::IPPROTO_TCP as u32),
+            netns: Some(ns()),
+            bound: false,
+            closed: true,
+        }
+    }
+
+    fn v4() -> SocketAddr {
+        "192.0.2.9:80".parse().expect("addr")
+    }
+
+    #[test]
+    fn plain_tcp_socket_in_the_container_namespace_is_bypassed() {
+        assert_eq!(check_socket(&tcp_facts(AddressFamily::INET), &v4(), ns()), Verdict::Bypass);
+        let v6: SocketAddr = "[2001:db8::9]:80".parse().expect("addr");
+        assert_eq!(check_socket(&tcp_facts(AddressFamily::INET6), &v6, ns()), Verdict::Bypass);
+    }
+
+    #[test]
+    fn socket_type_must_be_exactly_stream() {
+        for ty in [SocketType::RAW, SocketType::SEQPACKET, SocketType::DGRAM, SocketType::RDM] {
+            let facts = SocketFacts { socket_type: ty, ..tcp_facts(AddressFamily::INET) };
+            assert_eq!(check_socket(&facts, &v4(), ns()), Verdict::Keep(Keep::NotTcpStream), "{ty:?}");
+        }
+        let sctp = SocketFacts { protocol: Some(libc::IPPROTO_SCTP as u32), ..tcp_facts(AddressFamily::INET) };
+        assert_eq!(check_socket(&sctp, &v4(), ns()), Verdict::Keep(Keep::NotTcpStream));
+    }
+
+    #[test]
+    fn nested_or_unknown_namespace_is_kept() {
+        // Any other nsfs object stands in for a nested namespace.
+        let other = NetnsId::of_path("/proc/self/ns/uts").expect("uts ns");
+        let current = ns();
+        assert_ne!(other, current);
+        let facts = SocketFacts { netns: None, ..tcp_facts(AddressFamily::INET) };
+        assert_eq!(check_socket(&facts, &v4(), current), Verdict::Keep(Keep::ForeignNamespace));
+        let facts = SocketFacts { netns: Some(other), ..tcp_facts(AddressFamily::INET) };
+        assert_eq!(check_socket(&facts, &v4(), current), Verdict::Keep(Keep::ForeignNamespace));
+    }
+
+    #[test]
+    fn bound_connected_and_mismatched_sockets_are_kept() {
+        let bound = SocketFacts { bound: true, ..tcp_facts(AddressFamily::INET) };
+        assert_eq!(check_socket(&bound, &v4(), ns()), Verdict::Keep(Keep::AlreadyBound));
+        let busy = SocketFacts { closed: false, ..tcp_facts(AddressFamily::INET) };
+        assert_eq!(check_socket(&busy, &v4(), ns()), Verdict::Keep(Keep::NotClosed));
+        let v6sock = tcp_facts(AddressFamily::INET6);
+        assert_eq!(check_socket(&v6sock, &v4(), ns()), Verdict::Keep(Keep::FamilyMismatch));
+    }
+
+    #[test]
+    fn loopback_destinations_are_kept() {
+        let ignore = IgnoreList::default();
+        let lo: SocketAddr = "127.0.0.1:2379".parse().expect("addr");
+        assert_eq!(check_destination(&lo, &ignore), Verdict::Keep(Keep::IgnoredDestination));
+        assert_eq!(check_destination(&v4(), &ignore), Verdict::Bypass);
+    }
+
+    #[test]
+    fn call_arguments_are_checked_like_the_kernel() {
+        assert_eq!(
+            ConnectCall::from_args(&[3, 0x1000, 16, 0, 0, 0]),
+            Some(ConnectCall { fd: 3, addr_ptr: 0x1000, addr_len: 16 })
+        );
+        assert_eq!(ConnectCall::from_args(&[u32::MAX as u64, 0x1000, 16, 0, 0, 0]), None, "fd -1");
+        assert_eq!(ConnectCall::from_args(&[3, 0x1000, 129, 0, 0, 0]), None, "len > 128");
+        assert_eq!(ConnectCall::from_args(&[3, 0x1000, u32::MAX as u64, 0, 0, 0]), None, "len -1");
+        // Upper bits are ignored by the kernel's int conversion.
+        assert_eq!(
+            ConnectCall::from_args(&[(1 << 32) | 5, 0, 16, 0, 0, 0]).map(|c| c.fd),
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn socket_facts_of_real_sockets() {
+        let tcp = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).expect("tcp");
+        let f = SocketFacts::read(&tcp).expect("facts");
+        assert_eq!((f.family, f.socket_type, f.bound, f.closed), (AddressFamily::INET, SocketType::STREAM, false, true));
+        let udp = rustix::net::socket(AddressFamily::INET, SocketType::DGRAM, None).expect("udp");
+        assert_eq!(SocketFacts::read(&udp).expect("facts").socket_type, SocketType::DGRAM);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let f = SocketFacts::read(&listener).expect("facts");
+        assert!(f.bound && !f.closed);
+    }
+}

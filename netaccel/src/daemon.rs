@@ -1,0 +1,212 @@
+//! The daemon: a unix socket that OCI runtimes send notify fds to, and a
+//! serving task per registered container.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::container::{Container, Mode};
+use crate::fdpass;
+use crate::ifaddrs::{route_socket_in_netns_of, SubnetWatch};
+use crate::ignore::IgnoreList;
+use crate::netns::NetnsId;
+use crate::notify::NotifyFd;
+use crate::sockopts::HostDefaults;
+use crate::state::ContainerProcessState;
+
+/// Upper bound for a state message (annotations can make it large).
+pub const MAX_STATE_LEN: usize = 1 << 20;
+/// A runtime that connects but does not finish sending within this time is
+/// dropped, so a stuck client cannot pin resources.
+const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub socket: PathBuf,
+    /// Destinations no container bypasses.
+    pub ignore: IgnoreList,
+    /// The `netaccel` executable, run as the namespace helper.
+    pub helper_exe: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot create socket directory {dir}: {source}")]
+    SocketDir { dir: PathBuf, source: io::Error },
+    #[error("another netaccel daemon is already listening on {socket}; stop it or pass --socket")]
+    AlreadyRunning { socket: PathBuf },
+    #[error("cannot remove stale socket {socket}: {source}")]
+    StaleSocket { socket: PathBuf, source: io::Error },
+    #[error("cannot listen on {socket}: {source}")]
+    Bind { socket: PathBuf, source: io::Error },
+    #[error("cannot probe host socket defaults: {source}")]
+    HostDefaults { source: io::Error },
+}
+
+/// What every registration shares.
+struct Shared {
+    config: DaemonConfig,
+    host_netns: Option<NetnsId>,
+    defaults: Arc<HostDefaults>,
+}
+
+/// A bound daemon socket, ready to serve.
+pub struct Daemon {
+    listener: UnixListener,
+    shared: Arc<Shared>,
+}
+
+impl Daemon {
+    /// Creates the socket (directory mode 0700, socket 0600), refusing to
+    /// steal it from a live daemon and cleaning up a stale one.
+    pub async fn bind(config: DaemonConfig) -> Result<Self, DaemonError> {
+        let socket = config.socket.clone();
+        if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| DaemonError::SocketDir { dir: dir.to_owned(), source })?;
+        }
+        if socket.exists() {
+            if UnixStream::connect(&socket).await.is_ok() {
+                return Err(DaemonError::AlreadyRunning { socket });
+            }
+            std::fs::remove_file(&socket)
+                .map_err(|source| DaemonError::StaleSocket { socket: socket.clone(), source })?;
+        }
+        let listener = UnixListener::bind(&socket)
+            .map_err(|source| DaemonError::Bind { socket: socket.clone(), source })?;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(|source| DaemonError::Bind { socket: socket.clone(), source })?;
+        let defaults = HostDefaults::probe().map_err(|e| DaemonError::HostDefaults { source: e.into() })?;
+        Ok(Self {
+            listener,
+            shared: Arc::new(Shared {
+                host_netns: NetnsId::current().ok(),
+                config,
+                defaults: Arc::new(defaults),
+            }),
+        })
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.shared.config.socket
+    }
+
+    /// Accepts registrations until `shutdown` resolves, then removes the socket.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tracing::info!(socket = %self.socket().display(), ignore = ?self.shared.config.ignore.nets(), "netaccel daemon listening");
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let shared = self.shared.clone();
+                        tokio::spawn(async move { register(stream, shared).await });
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                _ = &mut shutdown => break,
+            }
+        }
+        let _ = std::fs::remove_file(self.socket());
+        tracing::info!("netaccel daemon stopped");
+    }
+}
+
+async fn register(stream: UnixStream, shared: Arc<Shared>) {
+    let msg = match tokio::time::timeout(REGISTRATION_TIMEOUT, fdpass::read_message(&stream, MAX_STATE_LEN)).await {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "reading a registration failed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!("registration timed out: the runtime did not finish its state message");
+            return;
+        }
+    };
+    drop(stream);
+    let fd_count = msg.fds.len();
+    let notify_fds = accept_notify_fds(msg.fds);
+    if notify_fds.is_empty() {
+        tracing::error!(fds = fd_count, "registration without a seccomp notify fd ignored");
+        return;
+    }
+    if msg.oversized || msg.fds_truncated {
+        let why = if msg.oversized { "state message larger than 1 MiB" } else { "fds truncated" };
+        return pass_through_all(notify_fds, why);
+    }
+    let state = match ContainerProcessState::parse(&msg.bytes, fd_count) {
+        Ok(s) => s,
+        Err(e) => return pass_through_all(notify_fds, &e.to_string()),
+    };
+    let [notify]: [NotifyFd; 1] = match notify_fds.try_into() {
+        Ok(one) => one,
+        Err(all) => return pass_through_all(all, "several fds where one was expected"),
+    };
+    let id = state.state.id.clone();
+    match accelerate(&state, &shared).await {
+        Ok(mode) => {
+            if let Err(e) = notify.enable_sync_wake_up() {
+                tracing::debug!(container = %id, error = %e, "synchronous wake-up unavailable (Linux < 6.6)");
+            }
+            tracing::info!(container = %id, pid = state.pid, "container registered");
+            Container { id, notify, mode }.serve().await;
+        }
+        Err(why) => {
+            tracing::error!(container = %id, pid = state.pid, reason = %why, "serving container without acceleration");
+            Container { id, notify, mode: Mode::PassThrough }.serve().await;
+        }
+    }
+}
+
+fn accept_notify_fds(fds: Vec<OwnedFd>) -> Vec<NotifyFd> {
+    fds.into_iter()
+        .filter_map(|fd| match NotifyFd::new(fd) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::error!(error = %e, "closing an fd sent to the daemon");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Answers CONTINUE to everything on fds we cannot trust, so those processes
+/// keep their normal network instead of getting ENOSYS.
+fn pass_through_all(fds: Vec<NotifyFd>, why: &str) {
+    tracing::error!(reason = why, fds = fds.len(), "bad registration: its syscalls continue unaccelerated");
+    for notify in fds {
+        let c = Container { id: "<unregistered>".into(), notify, mode: Mode::PassThrough };
+        tokio::spawn(c.serve());
+    }
+}
+
+async fn accelerate(state: &ContainerProcessState, shared: &Shared) -> Result<Mode, String> {
+    let settings = state.settings().map_err(|e| e.to_string())?;
+    let netns = NetnsId::of_pid(state.pid).map_err(|e| format!("netns of pid {}: {e}", state.pid))?;
+    if Some(netns) == shared.host_netns {
+        return Err("the container shares the daemon's network namespace; nothing to bypass".into());
+    }
+    let mut base = shared.config.ignore.clone();
+    base.extend(settings.ignore);
+    let ignore = Arc::new(RwLock::new(base.clone()));
+    let route = route_socket_in_netns_of(&shared.config.helper_exe, state.pid)
+        .await
+        .map_err(|e| e.to_string())?;
+    let watch = SubnetWatch::start(route, state.pid, base, ignore.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Mode::Accelerate { netns, ignore, defaults: shared.defaults.clone(), _watch: watch })
+}

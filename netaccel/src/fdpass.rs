@@ -1,0 +1,102 @@
+//! Reading a whole message and its SCM_RIGHTS fds from a unix stream socket.
+
+use std::io::{self, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
+use tokio::io::Interest;
+use tokio::net::UnixStream;
+
+/// Fds accepted per message; more than the one we expect is a protocol error,
+/// but they are received (and then closed or served) rather than left to the
+/// kernel to drop silently.
+const MAX_FDS: usize = 8;
+
+/// A message read until the peer closed its end.
+#[derive(Debug, Default)]
+pub struct Message {
+    pub bytes: Vec<u8>,
+    pub fds: Vec<OwnedFd>,
+    /// More than the allowed bytes were sent; `bytes` holds the first part.
+    pub oversized: bool,
+    /// The kernel dropped fds that did not fit (MSG_CTRUNC).
+    pub fds_truncated: bool,
+}
+
+/// Reads until EOF or `max_len` bytes, collecting every fd sent with the data.
+pub async fn read_message(stream: &UnixStream, max_len: usize) -> io::Result<Message> {
+    let mut msg = Message::default();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let (n, fds, truncated) = stream
+            .async_io(Interest::READABLE, || recv_chunk(stream, &mut chunk))
+            .await?;
+        msg.fds.extend(fds);
+        msg.fds_truncated |= truncated;
+        if n == 0 {
+            return Ok(msg);
+        }
+        let room = max_len.saturating_sub(msg.bytes.len());
+        msg.bytes.extend_from_slice(&chunk[..n.min(room)]);
+        if n > room {
+            msg.oversized = true;
+            return Ok(msg);
+        }
+    }
+}
+
+fn recv_chunk(stream: &UnixStream, chunk: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>, bool)> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut ancillary = RecvAncillaryBuffer::new(&mut space);
+    let mut iov = [IoSliceMut::new(chunk)];
+    let got = rustix::net::recvmsg(stream, &mut iov, &mut ancillary, RecvFlags::CMSG_CLOEXEC)?;
+    let mut fds = Vec::new();
+    for m in ancillary.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            fds.extend(rights);
+        }
+    }
+    Ok((got.bytes, fds, got.flags.contains(ReturnFlags::CTRUNC)))
+}
+
+/// Sends `bytes` with `fds` attached in one message (blocking socket).
+pub fn send_with_fds(
+    sock: impl std::os::fd::AsFd,
+    bytes: &[u8],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> io::Result<()> {
+    let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut ancillary = rustix::net::SendAncillaryBuffer::new(&mut space);
+    if !ancillary.push(rustix::net::SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("ancillary buffer too small"));
+    }
+    let iov = [io::IoSlice::new(bytes)];
+    let sent = rustix::net::sendmsg(sock, &iov, &mut ancillary, rustix::net::SendFlags::empty())?;
+    if sent != bytes.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short send"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[tokio::test]
+    async fn reads_data_and_fds_until_eof_and_caps_size() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let devnull = std::fs::File::open("/dev/null").expect("open");
+        send_with_fds(&a, b"hello", &[devnull.as_fd(), devnull.as_fd()]).expect("send");
+        std::io::Write::write_all(&mut &a, b" world").expect("write");
+        drop(a);
+        b.set_nonblocking(true).expect("nonblocking");
+        let b = UnixStream::from_std(b).expect("tokio stream");
+        let msg = read_message(&b, 8).await.expect("read");
+        assert_eq!(msg.bytes, b"hello wo");
+        assert!(msg.oversized);
+        assert_eq!(msg.fds.len(), 2);
+        assert!(!msg.fds_truncated);
+    }
+}

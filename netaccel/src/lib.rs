@@ -1,0 +1,32 @@
+//! netaccel: a seccomp user-notification daemon that gives rootless
+//! containers host-namespace TCP sockets, so their traffic skips the
+//! user-mode network stack.
+//!
+//! Layers, bottom up:
+//! - syscall wrappers: [`notify`] (the notify fd), [`tracee`] (the caller's
+//!   memory and fds), [`netns`] (namespace identity), [`fdpass`];
+//! - policy, plain Rust: [`sockaddr`], [`ignore`], [`connect`] (verdicts),
+//!   [`sockopts`] (what to replay);
+//! - serving: [`ifaddrs`], [`container`], [`daemon`]; and [`state`] /
+//!   [`profile`] for the runtime protocol.
+
+pub mod connect;
+pub mod container;
+pub mod daemon;
+pub mod fdpass;
+pub mod ifaddrs;
+pub mod ignore;
+pub mod netns;
+pub mod notify;
+pub mod profile;
+pub mod sockaddr;
+pub mod sockopts;
+pub mod state;
+pub mod tracee;
+
+/// Default daemon socket: `$XDG_RUNTIME_DIR/netaccel/netaccel.sock`.
+pub fn default_socket_path() -> Option<std::path::PathBuf> {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(|d| std::path::PathBuf::from(d).join("netaccel").join("netaccel.sock"))
+}

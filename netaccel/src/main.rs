@@ -1,0 +1,108 @@
+//! `netaccel`: the fast-path daemon and its tools.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use ipnet::IpNet;
+
+use netaccel::daemon::{Daemon, DaemonConfig};
+use netaccel::ignore::IgnoreList;
+use netaccel::profile::NotifyProfile;
+use netaccel::state::ContainerSettings;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Fast TCP for rootless containers: host sockets through seccomp user notification",
+    long_about = "netaccel intercepts connect(2) of rootless containers through seccomp user \
+notification and hands them sockets of the host network namespace, so their TCP traffic \
+skips slirp4netns. Run `netaccel daemon` as the same user as the containers, in the host \
+network namespace, and give containers the profile from `netaccel profile`."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (foreground; logs to stderr).
+    Daemon {
+        /// Unix socket the runtimes connect to [default: $XDG_RUNTIME_DIR/netaccel/netaccel.sock].
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Destination CIDR that keeps the normal path for every container (repeatable).
+        #[arg(long = "ignore", value_name = "CIDR")]
+        ignore: Vec<IpNet>,
+        /// Log filter, e.g. info, debug, netaccel=trace [env: RUST_LOG].
+        #[arg(long, default_value = "info")]
+        log_level: String,
+    },
+    /// Print the seccomp profile (OCI `linux.seccomp`) that sends a container to the daemon.
+    Profile {
+        /// Daemon socket to put in listenerPath [default: $XDG_RUNTIME_DIR/netaccel/netaccel.sock].
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Destination CIDR that keeps the normal path for this container (repeatable).
+        #[arg(long = "ignore", value_name = "CIDR")]
+        ignore: Vec<IpNet>,
+    },
+    /// Internal: open a route socket inside another process's network namespace.
+    #[command(name = "netns-route-socket", hide = true)]
+    NetnsRouteSocket { pid: u32 },
+}
+
+fn socket_or_default(socket: Option<PathBuf>) -> Result<PathBuf> {
+    match socket.or_else(netaccel::default_socket_path) {
+        Some(s) => Ok(s),
+        None => bail!("XDG_RUNTIME_DIR is not set: pass --socket PATH (e.g. /run/user/$(id -u)/netaccel/netaccel.sock)"),
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        // Must stay single-threaded until it has entered the namespaces.
+        Command::NetnsRouteSocket { pid } => netaccel::ifaddrs::run_helper(pid)
+            .with_context(|| format!("opening a route socket in the network namespace of pid {pid}")),
+        Command::Profile { socket, ignore } => {
+            let socket = socket_or_default(socket)?;
+            let profile = NotifyProfile::new(&socket, &ContainerSettings { ignore })?;
+            println!("{}", profile.to_json_pretty());
+            Ok(())
+        }
+        Command::Daemon { socket, ignore, log_level } => {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log_level))
+                .with_context(|| format!("invalid --log-level {log_level:?}"))?;
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr)
+                .init();
+            let config = DaemonConfig {
+                socket: socket_or_default(socket)?,
+                ignore: IgnoreList::new(ignore),
+                helper_exe: std::env::current_exe().context("locating the netaccel executable")?,
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(async {
+                let daemon = Daemon::bind(config).await?;
+                daemon.run(shutdown_signal()).await;
+                Ok(())
+            })
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

@@ -1,0 +1,221 @@
+//! The seccomp user-notification fd: receive, validate, answer, inject fds.
+//!
+//! This is the only module that issues `SECCOMP_IOCTL_NOTIF_*` ioctls. Everything
+//! here is a thin, checked wrapper; the decisions live in `connect.rs`.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+/// `SECCOMP_USER_NOTIF_FLAG_CONTINUE`: let the kernel run the syscall as usual.
+const FLAG_CONTINUE: u32 = 1;
+/// `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` (Linux 6.6): wake the tracee on the
+/// answering CPU, which roughly halves the round-trip cost.
+const FD_SYNC_WAKE_UP: u64 = 1;
+
+/// One intercepted syscall, as the kernel reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Notification {
+    /// Cookie that identifies this notification in every answer.
+    pub id: u64,
+    /// Thread id of the caller, in the daemon's pid namespace.
+    pub pid: u32,
+    /// Syscall number.
+    pub nr: i32,
+    /// `AUDIT_ARCH_*` of the caller.
+    pub arch: u32,
+    /// Raw syscall arguments.
+    pub args: [u64; 6],
+}
+
+/// What happened to an answer the daemon sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Delivered,
+    /// The caller is gone (killed, or interrupted and restarted): normal.
+    CallerGone,
+}
+
+/// A listener fd returned by `SECCOMP_FILTER_FLAG_NEW_LISTENER`.
+#[derive(Debug)]
+pub struct NotifyFd {
+    fd: OwnedFd,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyFdError {
+    #[error("fd is not a seccomp notify fd (the ioctl answered: {source})")]
+    NotNotifyFd { source: io::Error },
+}
+
+impl NotifyFd {
+    /// Takes ownership of `fd` after checking that it answers seccomp notify
+    /// ioctls, so a wrong fd is rejected at registration and never polled.
+    pub fn new(fd: OwnedFd) -> Result<Self, NotifyFdError> {
+        let this = Self { fd };
+        // An id the kernel never hands out; a real notify fd answers ENOENT.
+        match this.ioctl_id_valid(u64::MAX) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(this),
+            Ok(()) => Ok(this),
+            Err(source) => Err(NotifyFdError::NotNotifyFd { source }),
+        }
+    }
+
+    /// Asks the kernel to wake callers synchronously (Linux >= 6.6). Older
+    /// kernels answer EINVAL; that only costs speed, so it is reported, not fatal.
+    pub fn enable_sync_wake_up(&self) -> io::Result<()> {
+        // SAFETY: SET_FLAGS takes a u64 by value; the fd is a notify fd we own.
+        let rc = unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS as _,
+                FD_SYNC_WAKE_UP,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Receives one pending notification. Call only after poll reported POLLIN:
+    /// the kernel then returns at once (with ENOENT if the caller vanished).
+    pub fn recv(&self) -> io::Result<Notification> {
+        // SAFETY: an all-zero seccomp_notif is valid (plain integers), and the
+        // kernel requires the buffer to be zeroed.
+        let mut raw: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+        // SAFETY: RECV writes one seccomp_notif into the buffer we pass, which is
+        // exactly that type and lives for the call.
+        let rc = unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_RECV as _,
+                &mut raw as *mut libc::seccomp_notif,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Notification {
+            id: raw.id,
+            pid: raw.pid,
+            nr: raw.data.nr,
+            arch: raw.data.arch,
+            args: raw.data.args,
+        })
+    }
+
+    /// True while the caller of `id` still waits for our answer; used after
+    /// reading its memory or opening its pid, to rule out pid reuse.
+    pub fn id_valid(&self, id: u64) -> bool {
+        self.ioctl_id_valid(id).is_ok()
+    }
+
+    fn ioctl_id_valid(&self, id: u64) -> io::Result<()> {
+        // SAFETY: ID_VALID reads a u64 through the pointer, which points at a
+        // live local.
+        let rc = unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_ID_VALID as _,
+                &id as *const u64,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Lets the kernel execute the syscall unchanged (the normal path).
+    pub fn answer_continue(&self, id: u64) -> io::Result<Delivery> {
+        self.send(id, 0, 0, FLAG_CONTINUE)
+    }
+
+    /// Completes the syscall with `val` (errno == 0) or fails it with `errno`.
+    pub fn answer(&self, id: u64, val: i64, errno: i32) -> io::Result<Delivery> {
+        self.send(id, val, -errno.abs(), 0)
+    }
+
+    fn send(&self, id: u64, val: i64, error: i32, flags: u32) -> io::Result<Delivery> {
+        let resp = libc::seccomp_notif_resp {
+            id,
+            val,
+            error,
+            flags,
+        };
+        // SAFETY: SEND reads one seccomp_notif_resp from the pointer, which
+        // points at a fully initialised local.
+        let rc = unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_SEND as _,
+                &resp as *const libc::seccomp_notif_resp,
+            )
+        };
+        gone_or(rc, Delivery::Delivered)
+    }
+
+    /// Installs `src` in the caller's fd table at number `target`, replacing
+    /// what was there (`SECCOMP_ADDFD_FLAG_SETFD`, like dup2 in the caller).
+    pub fn install_fd(
+        &self,
+        id: u64,
+        src: BorrowedFd<'_>,
+        target: RawFd,
+        cloexec: bool,
+    ) -> io::Result<Delivery> {
+        let addfd = libc::seccomp_notif_addfd {
+            id,
+            flags: libc::SECCOMP_ADDFD_FLAG_SETFD as u32,
+            srcfd: src.as_raw_fd() as u32,
+            newfd: target as u32,
+            newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+        };
+        // SAFETY: ADDFD reads one seccomp_notif_addfd from the pointer, which
+        // points at a fully initialised local; `src` is a live fd we borrow.
+        let rc = unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_ADDFD as _,
+                &addfd as *const libc::seccomp_notif_addfd,
+            )
+        };
+        gone_or(rc, Delivery::Delivered)
+    }
+}
+
+fn gone_or(rc: libc::c_int, ok: Delivery) -> io::Result<Delivery> {
+    if rc >= 0 {
+        return Ok(ok);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ENOENT) {
+        Ok(Delivery::CallerGone)
+    } else {
+        Err(err)
+    }
+}
+
+impl AsFd for NotifyFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for NotifyFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_an_fd_that_is_not_a_notify_fd() {
+        let file = std::fs::File::open("/dev/null").expect("open /dev/null");
+        let err = NotifyFd::new(file.into()).expect_err("/dev/null accepted");
+        assert!(err.to_string().contains("not a seccomp notify fd"), "{err}");
+    }
+}

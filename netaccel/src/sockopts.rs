@@ -1,0 +1,205 @@
+//! Replays a container socket's options onto the host socket that replaces it.
+//!
+//! The daemon reads the options straight from the container's socket (a
+//! `pidfd_getfd` copy), so no `setsockopt` needs to be intercepted. An option is
+//! replayed only where it differs from a fresh host socket: setting SO_SNDBUF
+//! or SO_RCVBUF at all would lock the buffer size and switch off the kernel's
+//! autotuning, which costs most of the throughput we are here for.
+
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use rustix::net::sockopt as so;
+use rustix::net::{AddressFamily, SocketType};
+
+/// The options we carry over. `None` means "could not be read" and is never
+/// applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketOptions {
+    reuseaddr: Option<bool>,
+    reuseport: Option<bool>,
+    keepalive: Option<bool>,
+    oobinline: Option<bool>,
+    linger: Option<Option<Duration>>,
+    recv_timeout: Option<Option<Duration>>,
+    send_timeout: Option<Option<Duration>>,
+    recv_buffer: Option<usize>,
+    send_buffer: Option<usize>,
+    nodelay: Option<bool>,
+    keepidle: Option<Duration>,
+    keepintvl: Option<Duration>,
+    keepcnt: Option<u32>,
+    user_timeout: Option<u32>,
+    congestion: Option<String>,
+    ip_tos: Option<u8>,
+    ipv6_v6only: Option<bool>,
+    ipv6_tclass: Option<u32>,
+}
+
+/// An option the host socket refused; the connection still goes ahead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotReplayed {
+    pub option: &'static str,
+    pub errno: rustix::io::Errno,
+}
+
+impl SocketOptions {
+    pub fn read(fd: impl AsFd, family: AddressFamily) -> Self {
+        let fd = fd.as_fd();
+        let v6 = family == AddressFamily::INET6;
+        Self {
+            reuseaddr: so::socket_reuseaddr(fd).ok(),
+            reuseport: so::socket_reuseport(fd).ok(),
+            keepalive: so::socket_keepalive(fd).ok(),
+            oobinline: so::socket_oobinline(fd).ok(),
+            linger: so::socket_linger(fd).ok(),
+            recv_timeout: so::socket_timeout(fd, rustix::net::sockopt::Timeout::Recv).ok(),
+            send_timeout: so::socket_timeout(fd, rustix::net::sockopt::Timeout::Send).ok(),
+            recv_buffer: so::socket_recv_buffer_size(fd).ok(),
+            send_buffer: so::socket_send_buffer_size(fd).ok(),
+            nodelay: so::tcp_nodelay(fd).ok(),
+            keepidle: so::tcp_keepidle(fd).ok(),
+            keepintvl: so::tcp_keepintvl(fd).ok(),
+            keepcnt: so::tcp_keepcnt(fd).ok(),
+            user_timeout: so::tcp_user_timeout(fd).ok(),
+            congestion: so::tcp_congestion(fd).ok(),
+            ip_tos: if v6 { None } else { so::ip_tos(fd).ok() },
+            ipv6_v6only: if v6 { so::ipv6_v6only(fd).ok() } else { None },
+            ipv6_tclass: if v6 { so::ipv6_tclass(fd).ok() } else { None },
+        }
+    }
+
+    /// Options of a fresh TCP socket of `family` in the daemon's namespace.
+    pub fn fresh(family: AddressFamily) -> rustix::io::Result<Self> {
+        let sock = rustix::net::socket(family, SocketType::STREAM, None)?;
+        Ok(Self::read(&sock, family))
+    }
+
+    /// The send timeout, which also bounds a blocking connect.
+    pub fn send_timeout(&self) -> Option<Duration> {
+        self.send_timeout.flatten()
+    }
+
+    /// Applies to `fd` every option that differs from `defaults`. Returns what
+    /// the host refused (e.g. a congestion algorithm not allowed for users).
+    pub fn apply_changed(&self, fd: impl AsFd, defaults: &Self) -> Vec<NotReplayed> {
+        let fd = fd.as_fd();
+        let mut refused = Vec::new();
+        let mut put = |option: &'static str, r: rustix::io::Result<()>| {
+            if let Err(errno) = r {
+                refused.push(NotReplayed { option, errno });
+            }
+        };
+        macro_rules! replay {
+            ($field:ident, $name:literal, |$v:ident| $set:expr) => {
+                if let Some($v) = &self.$field {
+                    if Some($v) != defaults.$field.as_ref() {
+                        put($name, $set);
+                    }
+                }
+            };
+        }
+        replay!(reuseaddr, "SO_REUSEADDR", |v| so::set_socket_reuseaddr(fd, *v));
+        replay!(reuseport, "SO_REUSEPORT", |v| so::set_socket_reuseport(fd, *v));
+        replay!(keepalive, "SO_KEEPALIVE", |v| so::set_socket_keepalive(fd, *v));
+        replay!(oobinline, "SO_OOBINLINE", |v| so::set_socket_oobinline(fd, *v));
+        replay!(linger, "SO_LINGER", |v| so::set_socket_linger(fd, *v));
+        replay!(recv_timeout, "SO_RCVTIMEO", |v| so::set_socket_timeout(
+            fd,
+            so::Timeout::Recv,
+            *v
+        ));
+        replay!(send_timeout, "SO_SNDTIMEO", |v| so::set_socket_timeout(
+            fd,
+            so::Timeout::Send,
+            *v
+        ));
+        // getsockopt reports twice what setsockopt asked for.
+        replay!(recv_buffer, "SO_RCVBUF", |v| so::set_socket_recv_buffer_size(fd, *v / 2));
+        replay!(send_buffer, "SO_SNDBUF", |v| so::set_socket_send_buffer_size(fd, *v / 2));
+        replay!(nodelay, "TCP_NODELAY", |v| so::set_tcp_nodelay(fd, *v));
+        replay!(keepidle, "TCP_KEEPIDLE", |v| so::set_tcp_keepidle(fd, *v));
+        replay!(keepintvl, "TCP_KEEPINTVL", |v| so::set_tcp_keepintvl(fd, *v));
+        replay!(keepcnt, "TCP_KEEPCNT", |v| so::set_tcp_keepcnt(fd, *v));
+        replay!(user_timeout, "TCP_USER_TIMEOUT", |v| so::set_tcp_user_timeout(fd, *v));
+        replay!(congestion, "TCP_CONGESTION", |v| so::set_tcp_congestion(fd, v));
+        replay!(ip_tos, "IP_TOS", |v| so::set_ip_tos(fd, *v));
+        replay!(ipv6_v6only, "IPV6_V6ONLY", |v| so::set_ipv6_v6only(fd, *v));
+        replay!(ipv6_tclass, "IPV6_TCLASS", |v| so::set_ipv6_tclass(fd, *v));
+        refused
+    }
+}
+
+/// Fresh-socket options of the daemon's namespace, read once at start.
+#[derive(Debug, Clone)]
+pub struct HostDefaults {
+    v4: SocketOptions,
+    v6: Option<SocketOptions>,
+}
+
+impl HostDefaults {
+    pub fn probe() -> rustix::io::Result<Self> {
+        Ok(Self {
+            v4: SocketOptions::fresh(AddressFamily::INET)?,
+            // A host without IPv6 still serves IPv4 containers.
+            v6: SocketOptions::fresh(AddressFamily::INET6).ok(),
+        })
+    }
+
+    pub fn for_family(&self, family: AddressFamily) -> Option<&SocketOptions> {
+        if family == AddressFamily::INET6 {
+            self.v6.as_ref()
+        } else {
+            Some(&self.v4)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_sockets_need_nothing_replayed() {
+        let defaults = SocketOptions::fresh(AddressFamily::INET).expect("v4 socket");
+        let target = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).expect("socket");
+        assert!(defaults.apply_changed(&target, &defaults).is_empty());
+        assert_eq!(SocketOptions::read(&target, AddressFamily::INET), defaults);
+    }
+
+    #[test]
+    fn changed_options_are_replayed_and_buffers_only_when_set() {
+        let defaults = SocketOptions::fresh(AddressFamily::INET).expect("v4 socket");
+        let orig = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).expect("socket");
+        so::set_tcp_nodelay(&orig, true).expect("nodelay");
+        so::set_socket_keepalive(&orig, true).expect("keepalive");
+        so::set_tcp_keepidle(&orig, Duration::from_secs(33)).expect("keepidle");
+        so::set_socket_timeout(&orig, so::Timeout::Send, Some(Duration::from_millis(1500)))
+            .expect("sndtimeo");
+        so::set_socket_send_buffer_size(&orig, 96 * 1024).expect("sndbuf");
+        so::set_ip_tos(&orig, 0x10).expect("tos");
+        let opts = SocketOptions::read(&orig, AddressFamily::INET);
+        assert_eq!(opts.send_timeout(), Some(Duration::from_millis(1500)));
+
+        let host = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).expect("socket");
+        assert!(opts.apply_changed(&host, &defaults).is_empty());
+        assert_eq!(SocketOptions::read(&host, AddressFamily::INET), opts);
+        // The receive buffer was not set on the original, so it stays unlocked.
+        assert_eq!(so::socket_recv_buffer_size(&host).expect("rcvbuf"), defaults.recv_buffer.expect("default"));
+    }
+
+    #[test]
+    fn v6only_is_carried_for_ipv6() {
+        let Ok(defaults) = SocketOptions::fresh(AddressFamily::INET6) else {
+            eprintln!("skipped: no IPv6 sockets on this host");
+            return;
+        };
+        let orig = rustix::net::socket(AddressFamily::INET6, SocketType::STREAM, None).expect("socket");
+        let flipped = !so::ipv6_v6only(&orig).expect("v6only");
+        so::set_ipv6_v6only(&orig, flipped).expect("set v6only");
+        let host = rustix::net::socket(AddressFamily::INET6, SocketType::STREAM, None).expect("socket");
+        let opts = SocketOptions::read(&orig, AddressFamily::INET6);
+        assert!(opts.apply_changed(&host, &defaults).is_empty());
+        assert_eq!(so::ipv6_v6only(&host).expect("v6only"), flipped);
+    }
+}

@@ -1,0 +1,123 @@
+//! Access to the process that made an intercepted syscall: its memory, its fds.
+//!
+//! Every result here may be stale the moment it returns (the caller can die and
+//! its pid be reused); callers re-check `NotifyFd::id_valid` afterwards.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+
+use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags};
+
+/// `PIDFD_THREAD` (Linux 6.9): a pidfd for a thread, not only a group leader.
+const PIDFD_THREAD: u32 = libc::O_EXCL as u32;
+
+/// Copies `buf.len()` bytes at `addr` in the address space of thread `tid`.
+/// Fails with EFAULT for a bad pointer, ESRCH when the thread is gone.
+pub fn read_memory(tid: u32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as usize as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: `local` describes `buf`, which we own mutably for the call; the
+    // remote iovec is only interpreted in the other process by the kernel,
+    // which validates it.
+    let n = unsafe { libc::process_vm_readv(tid as libc::pid_t, &local, 1, &remote, 1, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n as usize != buf.len() {
+        // A partial read means the range crosses into unmapped memory.
+        return Err(io::Error::from_raw_os_error(libc::EFAULT));
+    }
+    Ok(())
+}
+
+/// A pidfd for the calling thread of a notification.
+pub fn open_thread(tid: u32) -> io::Result<OwnedFd> {
+    let pid = Pid::from_raw(tid as i32).ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+    match rustix::process::pidfd_open(pid, PidfdFlags::from_bits_retain(PIDFD_THREAD)) {
+        Ok(fd) => Ok(fd),
+        // Before Linux 6.9 only thread-group leaders have pidfds: use the group.
+        Err(e) if e == rustix::io::Errno::INVAL => {
+            let tgid = thread_group_of(tid)?;
+            let pid =
+                Pid::from_raw(tgid as i32).ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+            Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn thread_group_of(tid: u32) -> io::Result<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Tgid in /proc status"))
+}
+
+/// A copy of the caller's fd `fd` (same open file description).
+pub fn copy_fd(pidfd: impl AsFd, fd: RawFd) -> io::Result<OwnedFd> {
+    Ok(rustix::process::pidfd_getfd(
+        pidfd,
+        fd,
+        PidfdGetfdFlags::empty(),
+    )?)
+}
+
+/// Whether the caller's fd `fd` has FD_CLOEXEC set. That flag belongs to the
+/// caller's fd table, not the file, so it is read from /proc.
+pub fn fd_is_cloexec(tid: u32, fd: RawFd) -> io::Result<bool> {
+    let info = std::fs::read_to_string(format!("/proc/{tid}/fdinfo/{fd}"))?;
+    parse_fdinfo_cloexec(&info)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no flags in fdinfo"))
+}
+
+fn parse_fdinfo_cloexec(info: &str) -> Option<bool> {
+    let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?;
+    let flags = u32::from_str_radix(flags.trim(), 8).ok()?;
+    Some(flags & libc::O_CLOEXEC as u32 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdinfo_flags_are_octal() {
+        assert_eq!(parse_fdinfo_cloexec("pos:\t0\nflags:\t02000002\n"), Some(true));
+        assert_eq!(parse_fdinfo_cloexec("pos:\t0\nflags:\t0000002\n"), Some(false));
+        assert_eq!(parse_fdinfo_cloexec("pos:\t0\n"), None);
+        assert_eq!(parse_fdinfo_cloexec("flags:\tzz\n"), None);
+    }
+
+    #[test]
+    fn reads_own_memory_and_rejects_bad_pointers() {
+        let me = std::process::id();
+        let src = *b"netaccel";
+        let mut buf = [0u8; 8];
+        read_memory(me, src.as_ptr() as u64, &mut buf).expect("read own memory");
+        assert_eq!(&buf, b"netaccel");
+        let err = read_memory(me, 8, &mut buf).expect_err("read address 8");
+        assert_eq!(err.raw_os_error(), Some(libc::EFAULT));
+    }
+
+    #[test]
+    fn copies_an_fd_of_a_thread_and_reads_its_cloexec_flag() {
+        let file = std::fs::File::open("/dev/null").expect("open");
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+        let pidfd = open_thread(tid).expect("pidfd of own thread");
+        let copy = copy_fd(&pidfd, raw).expect("pidfd_getfd");
+        assert!(std::os::fd::AsRawFd::as_raw_fd(&copy) != raw);
+        assert!(fd_is_cloexec(tid, raw).expect("fdinfo"), "std opens files O_CLOEXEC");
+    }
+}

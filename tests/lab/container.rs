@@ -1,0 +1,232 @@
+//! A rootless runc container with slirp4netns networking, as a user runs it.
+//!
+//! The root filesystem is a small directory with the host's `/usr` bind-mounted
+//! read-only (busybox, iperf3, util-linux come from there) and the lab's
+//! binaries at `/lab`. The container has its own user, mount, pid, ipc, uts and
+//! network namespaces; slirp4netns gives it `tap0` (10.0.2.100/24, gateway
+//! 10.0.2.2 = host loopback). Its process writes its exit code to `/out/exit`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+use crate::{run, wait_for, Lab};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// The address slirp4netns gives the container.
+pub const CONTAINER_ADDR: &str = "10.0.2.100";
+/// slirp4netns's gateway, which forwards to the host's loopback.
+pub const SLIRP_HOST_LOOPBACK: &str = "10.0.2.2";
+
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    /// `linux.seccomp` to install (e.g. from `netaccel profile`).
+    pub seccomp: Option<Value>,
+    pub mtu: u32,
+}
+
+impl Default for ContainerConfig {
+    fn default() -> Self {
+        Self { seccomp: None, mtu: 65520 }
+    }
+}
+
+pub struct Container<'a> {
+    lab: &'a Lab,
+    pub id: String,
+    runc_root: PathBuf,
+    bundle: PathBuf,
+    /// The container's init in the host pid namespace.
+    pub pid: u32,
+    slirp: Option<Child>,
+}
+
+/// What a container's process left behind.
+#[derive(Debug)]
+pub struct RunOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl RunOutput {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+const CAPS: &[&str] = &[
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_NET_ADMIN",
+    "CAP_SYS_ADMIN", "CAP_SYS_CHROOT", "CAP_AUDIT_WRITE",
+];
+
+impl<'a> Container<'a> {
+    /// Runs `args` as the container's process and waits for it to exit.
+    ///
+    /// Each program runs as the init of its own container: Debian's runc
+    /// 1.1.5 cannot `runc exec` into a rootless container that has a seccomp
+    /// listener (its pidfd_getfd on the non-dumpable exec process fails
+    /// with EPERM).
+    pub fn run(lab: &'a Lab, config: ContainerConfig, args: &[&str], timeout: Duration) -> Result<RunOutput> {
+        Self::start(lab, config, args)?.wait(timeout)
+    }
+
+    /// Creates and starts a container running `args`; see [`Container::wait`].
+    pub fn start(lab: &'a Lab, config: ContainerConfig, args: &[&str]) -> Result<Self> {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let id = format!("lab{}-{n}", std::process::id());
+        let bundle = lab.path().join(format!("bundle-{id}"));
+        let rootfs = bundle.join("rootfs");
+        for d in ["proc", "dev", "sys", "tmp", "usr", "lab", "etc", "run", "root", "out"] {
+            std::fs::create_dir_all(rootfs.join(d))?;
+        }
+        std::fs::create_dir_all(bundle.join("out"))?;
+        for (link, target) in [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")] {
+            std::os::unix::fs::symlink(target, rootfs.join(link))?;
+        }
+        std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+        std::fs::write(rootfs.join("etc/group"), "root:x:0:\n")?;
+        std::fs::write(rootfs.join("etc/hosts"), "127.0.0.1 localhost\n")?;
+        chown_tree(lab, &bundle)?;
+
+        run(lab.user_command("runc").args(["spec", "--rootless", "--bundle"]).arg(&bundle))?;
+        let spec_path = bundle.join("config.json");
+        let mut spec: Value = serde_json::from_slice(&std::fs::read(&spec_path)?)?;
+        customise(&mut spec, lab, &bundle, &config, args)?;
+        std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec)?)?;
+        lab.chown(&spec_path)?;
+
+        let runc_root = lab.runtime_dir().join("runc");
+        let pid_file = bundle.join("init.pid");
+        let stdout = std::fs::File::create(bundle.join("stdout"))?;
+        let stderr = std::fs::File::create(bundle.join("stderr"))?;
+        lab.chown(&bundle.join("stdout"))?;
+        lab.chown(&bundle.join("stderr"))?;
+        let created = lab
+            .user_command("runc")
+            .arg("--root")
+            .arg(&runc_root)
+            .args(["create", "--bundle"])
+            .arg(&bundle)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg(&id)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .status()
+            .context("running runc create")?;
+        let mut container = Container { lab, id, runc_root, bundle: bundle.clone(), pid: 0, slirp: None };
+        if !created.success() {
+            let log = std::fs::read_to_string(bundle.join("stderr")).unwrap_or_default();
+            anyhow::bail!("runc create failed ({created}): {}", log.trim());
+        }
+        container.pid = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+        container.slirp = Some(
+            lab.user_command("slirp4netns")
+                .args(["--configure", &format!("--mtu={}", config.mtu)])
+                .arg(container.pid.to_string())
+                .arg("tap0")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting slirp4netns")?,
+        );
+        let route = format!("/proc/{}/net/route", container.pid);
+        wait_for("slirp4netns to configure tap0", Duration::from_secs(10), || {
+            std::fs::read_to_string(&route)
+                .ok()
+                .filter(|r| r.lines().any(|l| l.starts_with("tap0\t00000000")))
+        })?;
+        run(container.runc().args(["start", &container.id]))?;
+        Ok(container)
+    }
+
+    fn runc(&self) -> Command {
+        let mut cmd = self.lab.user_command("runc");
+        cmd.arg("--root").arg(&self.runc_root);
+        cmd
+    }
+
+    /// Waits until the container's process exits and returns its output.
+    pub fn wait(self, timeout: Duration) -> Result<RunOutput> {
+        let pidfd = rustix::process::pidfd_open(
+            rustix::process::Pid::from_raw(self.pid as i32).context("bad pid")?,
+            rustix::process::PidfdFlags::empty(),
+        );
+        if let Ok(pidfd) = pidfd {
+            let mut fds = [rustix::event::PollFd::new(&pidfd, rustix::event::PollFlags::IN)];
+            let t = rustix::event::Timespec::try_from(timeout).context("timeout")?;
+            let ready = rustix::event::poll(&mut fds, Some(&t))?;
+            anyhow::ensure!(ready == 1, "container {} still running after {timeout:?}: {}", self.id,
+                std::fs::read_to_string(self.bundle.join("stderr")).unwrap_or_default());
+        }
+        let read = |name: &str| std::fs::read_to_string(self.bundle.join(name)).unwrap_or_default();
+        Ok(RunOutput {
+            code: read("out/exit").trim().parse().ok(),
+            stdout: read("stdout"),
+            stderr: read("stderr"),
+        })
+    }
+}
+
+impl Drop for Container<'_> {
+    fn drop(&mut self) {
+        let _ = self.runc().args(["delete", "--force", &self.id]).stderr(Stdio::null()).status();
+        if let Some(mut s) = self.slirp.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+    }
+}
+
+fn chown_tree(lab: &Lab, path: &std::path::Path) -> Result<()> {
+    std::os::unix::fs::lchown(path, Some(lab.user.uid), Some(lab.user.gid))
+        .with_context(|| format!("chown {}", path.display()))?;
+    if path.is_dir() && !path.is_symlink() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(lab, &entry?.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn customise(spec: &mut Value, lab: &Lab, bundle: &std::path::Path, config: &ContainerConfig, args: &[&str]) -> Result<()> {
+    spec["root"] = json!({"path": "rootfs", "readonly": true});
+    let process = &mut spec["process"];
+    process["terminal"] = json!(false);
+    // The exit code goes to /out/exit: nobody can wait(2) for a detached init.
+    let mut argv = vec!["/bin/sh", "-c", "\"$@\"; echo $? > /out/exit", "sh"];
+    argv.extend_from_slice(args);
+    process["args"] = json!(argv);
+    process["env"] = json!(["PATH=/lab:/usr/bin:/usr/sbin", "HOME=/root"]);
+    for set in ["bounding", "effective", "permitted", "ambient"] {
+        process["capabilities"][set] = json!(CAPS);
+    }
+    spec["hostname"] = json!("lab");
+    let mounts = spec["mounts"].as_array_mut().context("spec without mounts")?;
+    mounts.push(json!({"destination": "/usr", "type": "bind", "source": "/usr",
+        "options": ["rbind", "ro", "nosuid", "nodev"]}));
+    mounts.push(json!({"destination": "/lab", "type": "bind", "source": lab.bin_dir(),
+        "options": ["rbind", "ro", "nosuid", "nodev"]}));
+    mounts.push(json!({"destination": "/out", "type": "bind", "source": bundle.join("out"),
+        "options": ["rbind", "rw", "nosuid", "nodev"]}));
+    mounts.push(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+        "options": ["nosuid", "nodev", "mode=1777"]}));
+    let linux = &mut spec["linux"];
+    linux["namespaces"]
+        .as_array_mut()
+        .context("spec without namespaces")?
+        .push(json!({"type": "network"}));
+    if let Some(seccomp) = &config.seccomp {
+        linux["seccomp"] = seccomp.clone();
+    }
+    Ok(())
+}

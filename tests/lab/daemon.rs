@@ -1,0 +1,84 @@
+//! A `netaccel daemon` running as the lab user in the host network namespace.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::{run, wait_for, Lab};
+
+pub struct DaemonProcess {
+    child: Child,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    netaccel: PathBuf,
+}
+
+impl DaemonProcess {
+    /// Starts `netaccel daemon --log-level debug` with `args` and waits until
+    /// it listens.
+    pub fn start(lab: &Lab, netaccel: &Path, args: &[&str]) -> Result<Self> {
+        let netaccel = lab.install_bin(netaccel)?;
+        let socket = lab.runtime_dir().join("netaccel").join("netaccel.sock");
+        let log = lab.path().join(format!("netaccel-{}.log", std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()));
+        let log_file = std::fs::File::create(&log)?;
+        let child = lab
+            .user_command(&netaccel)
+            .arg("daemon")
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--log-level", "debug"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .context("starting netaccel daemon")?;
+        let mut daemon = DaemonProcess { child, socket: socket.clone(), log, netaccel };
+        wait_for("the daemon socket", Duration::from_secs(10), || {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                return Some(Err(anyhow::anyhow!("daemon exited ({status}): {}", daemon.log_text())));
+            }
+            socket.exists().then_some(Ok(()))
+        })??;
+        Ok(daemon)
+    }
+
+    /// The profile for a container, rendered by `netaccel profile`.
+    pub fn profile(&self, lab: &Lab, ignore: &[&str]) -> Result<Value> {
+        let mut cmd = lab.user_command(&self.netaccel);
+        cmd.arg("profile").arg("--socket").arg(&self.socket);
+        for cidr in ignore {
+            cmd.args(["--ignore", cidr]);
+        }
+        Ok(serde_json::from_str(&run(&mut cmd)?)?)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Log lines that report a bypassed connect to `dst`.
+    pub fn bypassed_to(&self, dst: &str) -> usize {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains("connect bypassed to host socket") && l.contains(&format!("dst={dst}")))
+            .count()
+    }
+
+    /// True while the daemon process is running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,157 @@
+//! A lab of real rootless containers on this machine, for end-to-end tests and
+//! the benchmark.
+//!
+//! The orchestrating process runs as root (it creates peer hosts: network
+//! namespaces joined by veth); everything a user would run — the netaccel
+//! daemon, rootless runc, slirp4netns, the containers — runs as an
+//! unprivileged user (`U7S_TEST_USER`, default `u7s-test`, created by
+//! `init-host/init-host.root.sh`).
+
+pub mod container;
+pub mod daemon;
+pub mod peer;
+pub mod prereq;
+pub mod user;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+pub use container::{Container, ContainerConfig};
+pub use daemon::DaemonProcess;
+pub use peer::PeerHost;
+pub use user::LabUser;
+
+/// One lab: a directory owned by the test user with the binaries the
+/// containers run and the user's runtime dir.
+pub struct Lab {
+    pub user: LabUser,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// A lab for `test`, or `None` (after printing why) when this machine
+    /// lacks a prerequisite and we are not in CI. In CI it panics instead.
+    pub fn new_or_skip(test: &str) -> Option<Lab> {
+        match prereq::check_lab() {
+            Ok(user) => match Lab::create(user) {
+                Ok(lab) => Some(lab),
+                Err(e) => panic!("{test}: creating the lab failed: {e:#}"),
+            },
+            Err(missing) => {
+                prereq::skip_or_fail(test, &missing);
+                None
+            }
+        }
+    }
+
+    fn create(user: LabUser) -> Result<Lab> {
+        let dir = tempfile::Builder::new().prefix("u7s-lab-").tempdir_in("/tmp")?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        for sub in ["bin", "run", "home"] {
+            std::fs::create_dir(dir.path().join(sub))?;
+        }
+        std::fs::set_permissions(dir.path().join("run"), std::fs::Permissions::from_mode(0o700))?;
+        let lab = Lab { user, dir };
+        lab.chown(lab.dir.path())?;
+        for sub in ["bin", "run", "home"] {
+            lab.chown(&lab.dir.path().join(sub))?;
+        }
+        Ok(lab)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The user's XDG_RUNTIME_DIR for this lab.
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.path().join("run")
+    }
+
+    /// Where binaries copied with [`Lab::install_bin`] live (also mounted
+    /// read-only at `/lab` in containers).
+    pub fn bin_dir(&self) -> PathBuf {
+        self.path().join("bin")
+    }
+
+    pub fn chown(&self, path: &Path) -> Result<()> {
+        std::os::unix::fs::chown(path, Some(self.user.uid), Some(self.user.gid))
+            .with_context(|| format!("chown {} to {}", path.display(), self.user.name))
+    }
+
+    /// Copies a binary where the test user can run it (the build directory
+    /// may sit under a home the user cannot enter).
+    pub fn install_bin(&self, src: &Path) -> Result<PathBuf> {
+        let name = src.file_name().context("binary without a file name")?;
+        let dst = self.bin_dir().join(name);
+        // Copied by a child process: a write fd opened here could leak into a
+        // process another test thread forks meanwhile, and exec of the copy
+        // would then fail with ETXTBSY.
+        run(Command::new("install").args(["-m", "0755"]).arg(src).arg(&dst))?;
+        Ok(dst)
+    }
+
+    /// A command that runs as the test user, with a clean environment.
+    pub fn user_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .env("HOME", self.path().join("home"))
+            .env("USER", &self.user.name)
+            .env("XDG_RUNTIME_DIR", self.runtime_dir())
+            .current_dir(self.path())
+            .uid(self.user.uid)
+            .gid(self.user.gid);
+        cmd
+    }
+}
+
+use std::os::unix::process::CommandExt;
+
+/// A binary of this workspace, built next to the running test or bench.
+pub fn workspace_bin(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("executable without a directory")?;
+    if dir.ends_with("deps") {
+        dir = dir.parent().context("deps without a parent")?;
+    }
+    let bin = dir.join(name);
+    anyhow::ensure!(
+        bin.is_file(),
+        "{} is missing: build it first (cargo build --workspace --bins, same profile)",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// Runs a command and returns its stdout, failing with its stderr.
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim(),
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Polls `probe` every 20 ms until it yields or `timeout` passes.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Result<T> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return Ok(v);
+        }
+        anyhow::ensure!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,115 @@
+//! A peer host: a network namespace joined to the host namespace by a veth
+//! pair. Servers run there, so every test connection stays on this machine
+//! and reaches a non-loopback address (loopback is never bypassed).
+
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Context, Result};
+
+use crate::run;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct PeerHost {
+    netns: String,
+    /// The peer's address; the host side is `.1` of the same /30.
+    pub addr: Ipv4Addr,
+    pub host_addr: Ipv4Addr,
+    /// The /30 joining host and peer.
+    pub subnet: String,
+}
+
+impl PeerHost {
+    /// Creates the namespace and link (needs root).
+    pub fn create() -> Result<Self> {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let slot = (std::process::id().wrapping_mul(7).wrapping_add(n)) % 16_000;
+        let netns = format!("u7slab-{}-{n}", std::process::id());
+        // 250 x 64 /30 networks inside 10.213.0.0/16.
+        let (third, fourth) = ((slot / 64) as u8, ((slot % 64) * 4) as u8);
+        let host_addr = Ipv4Addr::new(10, 213, third, fourth + 1);
+        let addr = Ipv4Addr::new(10, 213, third, fourth + 2);
+        let host_if = format!("u7h{slot}");
+        let peer_if = format!("u7p{slot}");
+        let peer = PeerHost {
+            netns: netns.clone(),
+            addr,
+            host_addr,
+            subnet: format!("{host_addr}/30"),
+        };
+        run(Command::new("ip").args(["netns", "add", &netns]))?;
+        let steps: Vec<Vec<String>> = vec![
+            vec!["link", "add", &host_if, "type", "veth", "peer", "name", &peer_if, "netns", &netns]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            vec!["addr".into(), "add".into(), format!("{host_addr}/30"), "dev".into(), host_if.clone()],
+            vec!["link".into(), "set".into(), host_if.clone(), "up".into()],
+        ];
+        for s in steps {
+            run(Command::new("ip").args(&s)).context("configuring the peer link")?;
+        }
+        for s in [
+            vec!["addr".to_string(), "add".into(), format!("{addr}/30"), "dev".into(), peer_if.clone()],
+            vec!["link".into(), "set".into(), peer_if.clone(), "up".into()],
+            vec!["link".into(), "set".into(), "lo".into(), "up".into()],
+        ] {
+            run(Command::new("ip").arg("-n").arg(&netns).args(&s)).context("configuring the peer")?;
+        }
+        Ok(peer)
+    }
+
+    /// A command that runs inside the peer (as root).
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns, program]);
+        cmd
+    }
+
+    /// Starts a long-running server in the peer; killed when dropped.
+    pub fn spawn(&self, program: &str, args: &[&str]) -> Result<Server> {
+        let child = self
+            .command(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {program} in the peer"))?;
+        Ok(Server { child })
+    }
+}
+
+impl Drop for PeerHost {
+    fn drop(&mut self) {
+        // Deleting the namespace also deletes the veth pair.
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
+    }
+}
+
+/// A background process that is killed on drop.
+pub struct Server {
+    pub child: Child,
+}
+
+impl Server {
+    /// Kills the process and returns what it printed.
+    pub fn finish(mut self) -> Result<String> {
+        let _ = self.child.kill();
+        let mut out = String::new();
+        if let Some(mut s) = self.child.stdout.take() {
+            std::io::Read::read_to_string(&mut s, &mut out)?;
+        }
+        let _ = self.child.wait();
+        Ok(out)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
