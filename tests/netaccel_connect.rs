@@ -82,10 +82,17 @@ fn connection_to_a_host_side_server_is_bypassed_with_data_intact() {
     // The container's socket is a host socket: its local address is the host's.
     assert_eq!(r["local"].as_str().unwrap_or_default().split(':').next(), Some(s.peer.host_addr.to_string().as_str()), "{r}");
     assert_eq!(d.bypassed_to(&addr), 1, "daemon log:\n{}", d.log_text());
+    // The same with a blocking connect (the daemon waits without a thread).
+    let r = labnet_in(&s, &d, &[], &["connect", "--blocking", &addr, "--bytes", "100000"]);
+    assert_eq!(r["echo_intact"], true, "{r}");
+    assert_eq!(d.bypassed_to(&addr), 2, "daemon log:\n{}", d.log_text());
     let seen = server.finish().expect("server output");
-    let conn: Value = serde_json::from_str(seen.lines().last().unwrap_or_default()).expect("server line");
-    assert_eq!(conn["bytes"], 4_000_000);
-    assert!(conn["peer"].as_str().unwrap_or_default().starts_with(&format!("{}:", s.peer.host_addr)), "{conn}");
+    let conns: Vec<Value> = seen.lines().map(|l| serde_json::from_str(l).expect("server line")).collect();
+    assert_eq!(conns.iter().map(|c| c["bytes"].clone()).collect::<Vec<_>>(), [4_000_000, 100_000], "{seen}");
+    for conn in conns {
+        // The server sees the host's address as peer, not slirp4netns's loopback.
+        assert!(conn["peer"].as_str().unwrap_or_default().starts_with(&format!("{}:", s.peer.host_addr)), "{conn}");
+    }
 }
 
 #[test]
@@ -246,4 +253,43 @@ fn a_slow_connect_does_not_stall_other_threads() {
     assert_eq!(r["slow_pending"], true, "the slow connect was not slow: {r}");
     assert!(r["fast_ms"].as_f64().unwrap_or(f64::MAX) < 500.0, "fast connect waited for the slow one: {r}");
     assert_eq!(d.bypassed_to(&fast), 1, "daemon log:\n{}", d.log_text());
+}
+
+#[test]
+fn bad_connect_arguments_get_the_kernels_errno() {
+    let Some(s) = setup("bad_connect_arguments_get_the_kernels_errno") else { return };
+    let d = daemon(&s.lab, &[]);
+    let (_server, addr) = peer_echo(&s, 7710);
+    // The same probe on the host, without any filter, is the reference.
+    let host = rootless_lab::run(s.lab.user_command(&s.labnet_host).args(["bad-args", &addr])).expect("host probe");
+    let host = json_line(&host);
+    assert_eq!(host["good"], 0, "{host}");
+    assert_eq!(host["null_pointer"], libc::EFAULT, "{host}");
+    let contained = labnet_in(&s, &d, &[], &["bad-args", &addr]);
+    assert_eq!(contained, host, "errnos differ from the kernel's own");
+    assert_eq!(d.bypassed_to(&addr), 1, "daemon log:\n{}", d.log_text());
+}
+
+#[test]
+fn a_container_killed_during_a_pending_connect_leaves_the_daemon_serving() {
+    let Some(s) = setup("a_container_killed_during_a_pending_connect_leaves_the_daemon_serving") else { return };
+    let mut d = daemon(&s.lab, &[]);
+    let labnet = s.labnet_host.to_str().expect("path");
+    let slow = format!("{}:7711", s.peer.addr);
+    let mut hole = s.peer.spawn(labnet, &["blackhole", &slow]).expect("blackhole");
+    listening(&mut hole).expect("blackhole ready");
+    let profile = d.profile(&s.lab, &[]).expect("profile");
+    let config = ContainerConfig { seccomp: Some(profile), ..Default::default() };
+    let stuck = Container::start(&s.lab, config, &["/lab/labnet", "connect", "--blocking", &slow]).expect("container");
+    std::thread::sleep(Duration::from_millis(700));
+    drop(stuck); // runc delete --force: SIGKILL while the notification is pending
+    rootless_lab::wait_for("the daemon to notice", Duration::from_secs(10), || {
+        d.log_text().contains("caller gone before the answer").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}; daemon log:\n{}", d.log_text()));
+    assert!(d.alive(), "daemon died:\n{}", d.log_text());
+    let (_server, addr) = peer_echo(&s, 7712);
+    let r = labnet_in(&s, &d, &[], &["connect", &addr]);
+    assert_eq!(r["echo_intact"], true, "{r}");
+    assert_eq!(d.bypassed_to(&addr), 1);
 }

@@ -36,6 +36,9 @@ enum Cmd {
         dst: SocketAddr,
         #[arg(long, default_value_t = 65536)]
         bytes: usize,
+        /// Use a blocking connect(2) (default: non-blocking connect + poll).
+        #[arg(long)]
+        blocking: bool,
     },
     /// Two threads: one connects to SLOW (hangs), then the other to FAST;
     /// prints how long FAST took while SLOW was still pending.
@@ -50,6 +53,9 @@ enum Cmd {
     },
     /// connect(2) a raw ICMP socket and print the local address it got.
     RawConnect { dst: std::net::Ipv4Addr },
+    /// Calls connect(2) with bad pointers, lengths, fds and families and
+    /// prints each errno, then one good connect to DST.
+    BadArgs { dst: SocketAddrV4 },
 }
 
 fn main() {
@@ -57,10 +63,11 @@ fn main() {
     let result = match cli.cmd {
         Cmd::Serve { listen, count } => serve(listen, count),
         Cmd::Blackhole { listen } => blackhole(listen),
-        Cmd::Connect { dst, bytes } => connect(dst, bytes),
+        Cmd::Connect { dst, bytes, blocking } => connect(dst, bytes, blocking),
         Cmd::Threads { slow, fast } => threads(slow, fast),
         Cmd::Race { good, evil, iterations } => race(good, evil, iterations),
         Cmd::RawConnect { dst } => raw_connect(dst),
+        Cmd::BadArgs { dst } => bad_args(dst),
     };
     if let Err(e) = result {
         let errno = e.downcast_ref::<std::io::Error>().and_then(|e| e.raw_os_error());
@@ -128,8 +135,13 @@ fn pattern(len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn connect(dst: SocketAddr, bytes: usize) -> Result<()> {
-    let mut conn = TcpStream::connect_timeout(&dst, Duration::from_secs(10)).with_context(|| format!("connect {dst}"))?;
+fn connect(dst: SocketAddr, bytes: usize, blocking: bool) -> Result<()> {
+    let mut conn = if blocking {
+        TcpStream::connect(dst)
+    } else {
+        TcpStream::connect_timeout(&dst, Duration::from_secs(10))
+    }
+    .with_context(|| format!("connect {dst}"))?;
     let local = conn.local_addr()?;
     let peer = conn.peer_addr()?;
     let data = pattern(bytes);
@@ -246,5 +258,66 @@ fn raw_connect(dst: std::net::Ipv4Addr) -> Result<()> {
     let local = rustix::net::getsockname(&sock)?;
     let local = SocketAddr::try_from(local).map(|a| a.ip().to_string()).unwrap_or_default();
     println!("{}", json!({"local": local}));
+    Ok(())
+}
+
+fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+        sin_zero: [0; 8],
+    }
+}
+
+/// connect(2) with raw arguments; returns 0 or the errno.
+fn raw_connect_errno(fd: i32, addr: *const libc::sockaddr, len: libc::socklen_t) -> i32 {
+    // SAFETY: connect only reads `len` bytes at `addr` (faulting pointers are
+    // the point of the probe and only yield EFAULT); it never writes memory.
+    let rc = unsafe { libc::connect(fd, addr, len) };
+    if rc == 0 { 0 } else { std::io::Error::last_os_error().raw_os_error().unwrap_or(-1) }
+}
+
+fn bad_args(dst: SocketAddrV4) -> Result<()> {
+    let tcp = || rustix::net::socket(rustix::net::AddressFamily::INET, rustix::net::SocketType::STREAM, None);
+    let good = sockaddr_in(dst);
+    let good_ptr = (&good as *const libc::sockaddr_in).cast::<libc::sockaddr>();
+    let in_len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let mut r = serde_json::Map::new();
+    let s = tcp()?;
+    r.insert("null_pointer".into(), raw_connect_errno(s.as_raw_fd(), std::ptr::null(), in_len).into());
+    r.insert("wild_pointer".into(), raw_connect_errno(s.as_raw_fd(), 16 as *const libc::sockaddr, in_len).into());
+    r.insert("too_long".into(), raw_connect_errno(s.as_raw_fd(), good_ptr, 200).into());
+    r.insert("too_short".into(), raw_connect_errno(s.as_raw_fd(), good_ptr, 8).into());
+    r.insert("negative_len".into(), raw_connect_errno(s.as_raw_fd(), good_ptr, u32::MAX).into());
+    r.insert("bad_fd".into(), raw_connect_errno(-1, good_ptr, in_len).into());
+    r.insert("closed_fd".into(), raw_connect_errno(900, good_ptr, in_len).into());
+    let file = std::fs::File::open("/dev/null")?;
+    r.insert("not_a_socket".into(), raw_connect_errno(file.as_raw_fd(), good_ptr, in_len).into());
+    let mut v6 = [0u8; 28];
+    v6[0..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+    r.insert("wrong_family".into(), raw_connect_errno(s.as_raw_fd(), v6.as_ptr().cast(), 28).into());
+    let mut unix_addr = [0u8; 110];
+    unix_addr[0..2].copy_from_slice(&(libc::AF_UNIX as u16).to_ne_bytes());
+    r.insert("unix_family".into(), raw_connect_errno(s.as_raw_fd(), unix_addr.as_ptr().cast(), 110).into());
+    // An address whose last bytes lie past the end of a mapping.
+    let page = rustix::param::page_size();
+    // SAFETY: a fresh anonymous private mapping of two pages; nothing else
+    // refers to it, and it is unmapped below before return.
+    let map = unsafe {
+        rustix::mm::mmap_anonymous(std::ptr::null_mut(), 2 * page, rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE, rustix::mm::MapFlags::PRIVATE)
+    }?;
+    // SAFETY: the second page lies inside the mapping we own.
+    unsafe { rustix::mm::munmap(map.cast::<u8>().add(page).cast(), page) }?;
+    // SAFETY: writes 8 bytes at the end of the first (still mapped) page.
+    let edge = unsafe { map.cast::<u8>().add(page - 8) };
+    // SAFETY: the 8 bytes at `edge` are inside the mapped first page.
+    unsafe { std::ptr::copy_nonoverlapping((&good as *const libc::sockaddr_in).cast::<u8>(), edge, 8) };
+    r.insert("crosses_mapping".into(), raw_connect_errno(s.as_raw_fd(), edge.cast(), in_len).into());
+    // SAFETY: unmaps the first page of our own mapping; `edge` is not used after.
+    unsafe { rustix::mm::munmap(map, page) }?;
+    let fresh = tcp()?;
+    r.insert("good".into(), raw_connect_errno(fresh.as_raw_fd(), good_ptr, in_len).into());
+    println!("{}", serde_json::Value::Object(r));
     Ok(())
 }

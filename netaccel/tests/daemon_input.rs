@@ -1,0 +1,243 @@
+//! Bad registrations never take the daemon down, and processes whose
+//! registration cannot be trusted keep working (their syscalls continue).
+//!
+//! Real notify fds come from a seccomp filter loaded on one test thread only
+//! (no TSYNC), so only that thread's connect(2) is notified. The filter is
+//! built by hand: libseccomp 2.5 keeps a single notify fd per process, which
+//! parallel tests cannot share.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use netaccel::fdpass::send_with_fds;
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("netaccel.sock");
+        let log = dir.path().join("daemon.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_netaccel"))
+            .args(["daemon", "--log-level", "debug", "--socket"])
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start daemon");
+        let start = Instant::now();
+        while !socket.exists() {
+            assert!(start.elapsed() < Duration::from_secs(10), "daemon did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, socket, log, _dir: dir }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_log(&self, needle: &str) {
+        let start = Instant::now();
+        while !self.log().contains(needle) {
+            assert!(start.elapsed() < Duration::from_secs(10), "log never said {needle:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn assert_alive(&mut self) {
+        assert!(matches!(self.child.try_wait(), Ok(None)), "daemon died:\n{}", self.log());
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Loads "notify connect, allow everything else" on the calling thread and
+/// returns the listener fd.
+fn notify_connect_on_this_thread() -> OwnedFd {
+    const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+    let stmt = |code: u32, k: u32| libc::sock_filter { code: code as u16, jt: 0, jf: 0, k };
+    let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let load = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u32;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u32;
+    let mut prog = [
+        stmt(load, 4), // seccomp_data.arch
+        jeq(AUDIT_ARCH_X86_64, 0, 2),
+        stmt(load, 0), // seccomp_data.nr
+        jeq(libc::SYS_connect as u32, 1, 0),
+        stmt(ret, libc::SECCOMP_RET_ALLOW),
+        stmt(ret, libc::SECCOMP_RET_USER_NOTIF),
+    ];
+    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes plain integers and affects this thread.
+    assert_eq!(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }, 0);
+    // SAFETY: `fprog` points at `prog`, a valid BPF program that outlives the
+    // call; without TSYNC the filter applies to this thread only.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    assert!(fd >= 0, "seccomp: {}", std::io::Error::last_os_error());
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+fn state_json(pid: u32, fds: &[&str]) -> Vec<u8> {
+    serde_json::json!({
+        "ociVersion": "1.0.2", "fds": fds, "pid": pid, "metadata": "",
+        "state": {"ociVersion": "1.0.2", "id": "t", "status": "creating", "pid": pid, "bundle": "/"}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// On a fresh thread: connect to the daemon, load a connect-notify filter on
+/// this thread alone, send `payload` with the notify fd (plus `extra` fds),
+/// then connect(2) to a local listener. Returns whether that connect
+/// succeeded within 10 s (a daemon that never answers would hang it).
+fn registered_thread_connects(socket: &Path, payload: Vec<u8>, extra_devnull: usize) -> bool {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
+    let target = listener.local_addr().expect("addr");
+    let socket = socket.to_owned();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // Connected before the filter exists: this connect is not notified.
+        let stream = UnixStream::connect(&socket).expect("connect daemon");
+        let notify = notify_connect_on_this_thread();
+        let devnull = std::fs::File::open("/dev/null").expect("devnull");
+        let mut fds = vec![notify.as_fd()];
+        fds.extend(std::iter::repeat_n(devnull.as_fd(), extra_devnull));
+        send_with_fds(&stream, &payload, &fds).expect("send registration");
+        drop(stream);
+        let result = std::net::TcpStream::connect(target);
+        if let Err(e) = &result {
+            eprintln!("connect from the registered thread failed: {e}");
+        }
+        let _ = tx.send(result.is_ok());
+    });
+    rx.recv_timeout(Duration::from_secs(10)).unwrap_or(false)
+}
+
+#[test]
+fn malformed_state_json_is_served_pass_through() {
+    let mut d = Daemon::start();
+    assert!(registered_thread_connects(&d.socket, b"{not json".to_vec(), 0));
+    d.wait_log("bad registration");
+    d.assert_alive();
+}
+
+#[test]
+fn oversized_state_is_served_pass_through() {
+    let mut d = Daemon::start();
+    let mut big = state_json(std::process::id(), &["seccompFd"]);
+    big.resize(netaccel::daemon::MAX_STATE_LEN + 4096, b' ');
+    assert!(registered_thread_connects(&d.socket, big, 0));
+    d.wait_log("larger than 1 MiB");
+    d.assert_alive();
+}
+
+#[test]
+fn several_fds_are_served_pass_through_and_extras_closed() {
+    let mut d = Daemon::start();
+    let payload = state_json(std::process::id(), &["seccompFd"]);
+    assert!(registered_thread_connects(&d.socket, payload, 2));
+    d.wait_log("not a seccomp notify fd");
+    d.wait_log("fd(s) came with it");
+    d.assert_alive();
+}
+
+#[test]
+fn a_valid_registration_from_the_host_namespace_keeps_working() {
+    let mut d = Daemon::start();
+    let payload = state_json(std::process::id(), &["seccompFd"]);
+    assert!(registered_thread_connects(&d.socket, payload, 0));
+    d.wait_log("shares the daemon's network namespace");
+    d.assert_alive();
+}
+
+#[test]
+fn messages_without_a_notify_fd_are_logged_and_dropped() {
+    let mut d = Daemon::start();
+    // No fd at all.
+    let mut s = UnixStream::connect(&d.socket).expect("connect");
+    s.write_all(&state_json(1, &["seccompFd"])).expect("write");
+    drop(s);
+    d.wait_log("registration without a seccomp notify fd");
+    // An fd that is not a notify fd.
+    let s = UnixStream::connect(&d.socket).expect("connect");
+    let devnull = std::fs::File::open("/dev/null").expect("devnull");
+    send_with_fds(&s, &state_json(1, &["seccompFd"]), &[devnull.as_fd()]).expect("send");
+    drop(s);
+    d.wait_log("not a seccomp notify fd");
+    // Garbage bytes, then a client that connects and sends nothing at all.
+    let mut s = UnixStream::connect(&d.socket).expect("connect");
+    s.write_all(&[0xff; 3000]).expect("write");
+    drop(s);
+    let idle = UnixStream::connect(&d.socket).expect("connect");
+    // The daemon still registers others while one client idles.
+    assert!(registered_thread_connects(&d.socket, b"[]".to_vec(), 0));
+    drop(idle);
+    d.assert_alive();
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_is_refused() {
+    let d = Daemon::start();
+    let out = Command::new(env!("CARGO_BIN_EXE_netaccel"))
+        .args(["daemon", "--socket"])
+        .arg(&d.socket)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already listening"), "{err}");
+}
+
+#[test]
+fn profile_command_renders_the_committed_profile() {
+    let out = Command::new(env!("CARGO_BIN_EXE_netaccel"))
+        .args(["profile", "--socket", "/run/user/1000/netaccel/netaccel.sock"])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../seccomp-profiles/netaccel-connect.json"))
+        .expect("seccomp-profiles/netaccel-connect.json");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), committed, "regenerate with: netaccel profile --socket /run/user/1000/netaccel/netaccel.sock > seccomp-profiles/netaccel-connect.json");
+}
+
+#[test]
+fn profile_without_runtime_dir_says_what_to_do() {
+    let out = Command::new(env!("CARGO_BIN_EXE_netaccel"))
+        .arg("profile")
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --socket"));
+}
