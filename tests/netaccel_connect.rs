@@ -5,9 +5,9 @@ use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use rootless_lab::container::RunOutput;
 use rootless_lab::container::{CONTAINER_ADDR, SLIRP_HOST_LOOPBACK};
 use rootless_lab::peer::Server;
-use rootless_lab::container::RunOutput;
 use rootless_lab::{workspace_bin, Container, ContainerConfig, DaemonProcess, Lab, PeerHost};
 use serde_json::Value;
 
@@ -19,9 +19,15 @@ struct Setup {
 
 fn setup(test: &str) -> Option<Setup> {
     let lab = Lab::new_or_skip(test)?;
-    let labnet_host = lab.install_bin(&workspace_bin("labnet").expect("labnet")).expect("install labnet");
+    let labnet_host = lab
+        .install_bin(&workspace_bin("labnet").expect("labnet"))
+        .expect("install labnet");
     let peer = PeerHost::create().expect("peer host");
-    Some(Setup { lab, peer, labnet_host })
+    Some(Setup {
+        lab,
+        peer,
+        labnet_host,
+    })
 }
 
 fn daemon(lab: &Lab, args: &[&str]) -> DaemonProcess {
@@ -32,7 +38,10 @@ fn daemon(lab: &Lab, args: &[&str]) -> DaemonProcess {
 /// Runs `args` in a new container that uses the daemon `d`.
 fn run_accelerated(lab: &Lab, d: &DaemonProcess, ignore: &[&str], args: &[&str]) -> RunOutput {
     let profile = d.profile(lab, ignore).expect("netaccel profile");
-    let config = ContainerConfig { seccomp: Some(profile), ..Default::default() };
+    let config = ContainerConfig {
+        seccomp: Some(profile),
+        ..Default::default()
+    };
     Container::run(lab, config, args, Duration::from_secs(60)).expect("container runs")
 }
 
@@ -42,11 +51,15 @@ fn listening(server: &mut Server) -> Result<String> {
     let mut line = String::new();
     BufReader::new(out).read_line(&mut line)?;
     let v: Value = serde_json::from_str(&line).with_context(|| format!("server said {line:?}"))?;
-    Ok(v["listening"].as_str().context("no listening address")?.to_owned())
+    Ok(v["listening"]
+        .as_str()
+        .context("no listening address")?
+        .to_owned())
 }
 
 fn json_line(out: &str) -> Value {
-    serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("not JSON ({e}): {out:?}"))
+    serde_json::from_str(out.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {out:?}"))
 }
 
 /// Runs labnet in a new accelerated container and returns its JSON answer.
@@ -55,7 +68,10 @@ fn labnet_in(s: &Setup, d: &DaemonProcess, ignore: &[&str], args: &[&str]) -> Va
     full.extend_from_slice(args);
     let out = run_accelerated(&s.lab, d, ignore, &full);
     if out.stdout.is_empty() {
-        panic!("labnet {args:?} printed nothing (exit {:?}): {}", out.code, out.stderr);
+        panic!(
+            "labnet {args:?} printed nothing (exit {:?}): {}",
+            out.code, out.stderr
+        );
     }
     json_line(&out.stdout)
 }
@@ -72,7 +88,9 @@ fn peer_echo(s: &Setup, port: u16) -> (Server, String) {
 
 #[test]
 fn connection_to_a_host_side_server_is_bypassed_with_data_intact() {
-    let Some(s) = setup("connection_to_a_host_side_server_is_bypassed_with_data_intact") else { return };
+    let Some(s) = setup("connection_to_a_host_side_server_is_bypassed_with_data_intact") else {
+        return;
+    };
     let d = daemon(&s.lab, &[]);
     let (server, addr) = peer_echo(&s, 7701);
 
@@ -80,48 +98,92 @@ fn connection_to_a_host_side_server_is_bypassed_with_data_intact() {
     let r = labnet_in(&s, &d, &[], &["connect", &addr, "--bytes", "4000000"]);
     assert_eq!(r["echo_intact"], true, "{r}");
     // The container's socket is a host socket: its local address is the host's.
-    assert_eq!(r["local"].as_str().unwrap_or_default().split(':').next(), Some(s.peer.host_addr.to_string().as_str()), "{r}");
+    assert_eq!(
+        r["local"].as_str().unwrap_or_default().split(':').next(),
+        Some(s.peer.host_addr.to_string().as_str()),
+        "{r}"
+    );
     assert_eq!(d.bypassed_to(&addr), 1, "daemon log:\n{}", d.log_text());
     // The same with a blocking connect (the daemon waits without a thread).
-    let r = labnet_in(&s, &d, &[], &["connect", "--blocking", &addr, "--bytes", "100000"]);
+    let r = labnet_in(
+        &s,
+        &d,
+        &[],
+        &["connect", "--blocking", &addr, "--bytes", "100000"],
+    );
     assert_eq!(r["echo_intact"], true, "{r}");
     assert_eq!(d.bypassed_to(&addr), 2, "daemon log:\n{}", d.log_text());
     let seen = server.finish().expect("server output");
-    let conns: Vec<Value> = seen.lines().map(|l| serde_json::from_str(l).expect("server line")).collect();
-    assert_eq!(conns.iter().map(|c| c["bytes"].clone()).collect::<Vec<_>>(), [4_000_000, 100_000], "{seen}");
+    let conns: Vec<Value> = seen
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("server line"))
+        .collect();
+    assert_eq!(
+        conns.iter().map(|c| c["bytes"].clone()).collect::<Vec<_>>(),
+        [4_000_000, 100_000],
+        "{seen}"
+    );
     for conn in conns {
         // The server sees the host's address as peer, not slirp4netns's loopback.
-        assert!(conn["peer"].as_str().unwrap_or_default().starts_with(&format!("{}:", s.peer.host_addr)), "{conn}");
+        assert!(
+            conn["peer"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with(&format!("{}:", s.peer.host_addr)),
+            "{conn}"
+        );
     }
 }
 
 #[test]
 fn real_programs_use_the_fast_path() {
-    let Some(s) = setup("real_programs_use_the_fast_path") else { return };
+    let Some(s) = setup("real_programs_use_the_fast_path") else {
+        return;
+    };
     let d = daemon(&s.lab, &[]);
 
     // busybox wget (blocking connect) fetches a file from busybox httpd.
     let www = s.lab.path().join("www");
     std::fs::create_dir(&www).expect("www dir");
-    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    let body: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
     std::fs::write(www.join("blob"), &body).expect("blob");
     let httpd_addr = format!("{}:7702", s.peer.addr);
     let _httpd = s
         .peer
-        .spawn("busybox", &["httpd", "-f", "-p", &httpd_addr, "-h", www.to_str().expect("path")])
+        .spawn(
+            "busybox",
+            &[
+                "httpd",
+                "-f",
+                "-p",
+                &httpd_addr,
+                "-h",
+                www.to_str().expect("path"),
+            ],
+        )
         .expect("httpd");
     std::thread::sleep(Duration::from_millis(300));
     let fetch = format!("busybox wget -q -O - http://{httpd_addr}/blob | busybox sha256sum");
     let out = run_accelerated(&s.lab, &d, &[], &["sh", "-c", &fetch]);
     assert!(out.ok(), "wget in container: {out:?}");
     let sum = out.stdout;
-    let expected = rootless_lab::run(std::process::Command::new("busybox").arg("sha256sum").arg(www.join("blob"))).expect("sha256");
+    let expected = rootless_lab::run(
+        std::process::Command::new("busybox")
+            .arg("sha256sum")
+            .arg(www.join("blob")),
+    )
+    .expect("sha256");
     assert_eq!(sum.split_whitespace().next(), expected.split_whitespace().next());
     assert_eq!(d.bypassed_to(&httpd_addr), 1, "daemon log:\n{}", d.log_text());
 
     // iperf3, both directions over one bypassed control + data connection.
     let iperf_addr = s.peer.addr.to_string();
-    let _iperf = s.peer.spawn("iperf3", &["-s", "-B", &iperf_addr, "-p", "7703"]).expect("iperf3 server");
+    let _iperf = s
+        .peer
+        .spawn("iperf3", &["-s", "-B", &iperf_addr, "-p", "7703"])
+        .expect("iperf3 server");
     std::thread::sleep(Duration::from_millis(300));
     for reverse in [false, true] {
         let mut args = vec!["iperf3", "-c", &iperf_addr, "-p", "7703", "-t", "1", "-J"];
@@ -132,15 +194,23 @@ fn real_programs_use_the_fast_path() {
         assert!(out.ok(), "iperf3 client: {out:?}");
         let out = out.stdout;
         let v: Value = serde_json::from_str(&out).expect("iperf3 JSON");
-        let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
+        let bps = v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0);
         assert!(bps > 0.0, "no throughput (reverse={reverse}): {out}");
     }
-    assert!(d.bypassed_to(&format!("{iperf_addr}:7703")) >= 4, "daemon log:\n{}", d.log_text());
+    assert!(
+        d.bypassed_to(&format!("{iperf_addr}:7703")) >= 4,
+        "daemon log:\n{}",
+        d.log_text()
+    );
 }
 
 #[test]
 fn ignored_destinations_keep_the_slirp4netns_path() {
-    let Some(s) = setup("ignored_destinations_keep_the_slirp4netns_path") else { return };
+    let Some(s) = setup("ignored_destinations_keep_the_slirp4netns_path") else {
+        return;
+    };
     let d = daemon(&s.lab, &[]);
 
     // 10.0.2.2 is in the container's own subnet (read from its namespace by
@@ -153,49 +223,94 @@ fn ignored_destinations_keep_the_slirp4netns_path() {
         .spawn()
         .map(|child| Server { child })
         .expect("host loopback server");
-    let port = listening(&mut host_server).expect("listening").rsplit(':').next().expect("port").to_owned();
+    let port = listening(&mut host_server)
+        .expect("listening")
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .to_owned();
     let via_gateway = format!("{SLIRP_HOST_LOOPBACK}:{port}");
     let r = labnet_in(&s, &d, &[], &["connect", &via_gateway]);
     assert_eq!(r["echo_intact"], true, "{r}");
-    assert!(r["local"].as_str().unwrap_or_default().starts_with(CONTAINER_ADDR), "{r}");
+    assert!(
+        r["local"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(CONTAINER_ADDR),
+        "{r}"
+    );
     assert_eq!(d.bypassed_to(&via_gateway), 0);
     let seen = host_server.finish().expect("server output");
-    assert!(seen.contains("\"peer\":\"127.0.0.1:"), "slirp4netns connects from loopback: {seen}");
+    assert!(
+        seen.contains("\"peer\":\"127.0.0.1:"),
+        "slirp4netns connects from loopback: {seen}"
+    );
 
     // A CIDR in the container's own listenerMetadata.
     let (_server, addr) = peer_echo(&s, 7704);
     let r = labnet_in(&s, &d, &[&s.peer.subnet], &["connect", &addr]);
     assert_eq!(r["echo_intact"], true, "{r}");
-    assert!(r["local"].as_str().unwrap_or_default().starts_with(CONTAINER_ADDR), "{r}");
+    assert!(
+        r["local"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(CONTAINER_ADDR),
+        "{r}"
+    );
     assert_eq!(d.bypassed_to(&addr), 0, "daemon log:\n{}", d.log_text());
     // The same destination from a container without that setting is bypassed.
     let r = labnet_in(&s, &d, &[], &["connect", &addr]);
-    assert!(r["local"].as_str().unwrap_or_default().starts_with(&s.peer.host_addr.to_string()), "{r}");
+    assert!(
+        r["local"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(&s.peer.host_addr.to_string()),
+        "{r}"
+    );
     assert_eq!(d.bypassed_to(&addr), 1);
 }
 
 #[test]
 fn daemon_wide_ignore_keeps_the_slirp4netns_path() {
-    let Some(s) = setup("daemon_wide_ignore_keeps_the_slirp4netns_path") else { return };
+    let Some(s) = setup("daemon_wide_ignore_keeps_the_slirp4netns_path") else {
+        return;
+    };
     let d = daemon(&s.lab, &["--ignore", &s.peer.subnet]);
     let (_server, addr) = peer_echo(&s, 7705);
     let r = labnet_in(&s, &d, &[], &["connect", &addr]);
     assert_eq!(r["echo_intact"], true, "{r}");
-    assert!(r["local"].as_str().unwrap_or_default().starts_with(CONTAINER_ADDR), "{r}");
+    assert!(
+        r["local"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(CONTAINER_ADDR),
+        "{r}"
+    );
     assert_eq!(d.bypassed_to(&addr), 0, "daemon log:\n{}", d.log_text());
 }
 
 #[test]
 fn socket_from_a_nested_network_namespace_is_never_bypassed() {
-    let Some(s) = setup("socket_from_a_nested_network_namespace_is_never_bypassed") else { return };
+    let Some(s) = setup("socket_from_a_nested_network_namespace_is_never_bypassed") else {
+        return;
+    };
     let d = daemon(&s.lab, &[]);
     let (_server, addr) = peer_echo(&s, 7706);
 
     // A fresh namespace inside the container has no route to the peer; the
     // Go tool would hand it a host socket and the connect would succeed.
-    let out = run_accelerated(&s.lab, &d, &[], &["unshare", "--net", "/lab/labnet", "connect", &addr]);
+    let out = run_accelerated(
+        &s.lab,
+        &d,
+        &[],
+        &["unshare", "--net", "/lab/labnet", "connect", &addr],
+    );
     let r = json_line(&out.stdout);
-    assert_eq!(r["errno"], libc::ENETUNREACH, "nested namespace reached the peer: {r}");
+    assert_eq!(
+        r["errno"],
+        libc::ENETUNREACH,
+        "nested namespace reached the peer: {r}"
+    );
     assert_eq!(d.bypassed_to(&addr), 0, "daemon log:\n{}", d.log_text());
 
     // Control: the container's own namespace is bypassed.
@@ -206,7 +321,9 @@ fn socket_from_a_nested_network_namespace_is_never_bypassed() {
 
 #[test]
 fn rewriting_the_sockaddr_after_the_check_never_reaches_host_loopback() {
-    let Some(s) = setup("rewriting_the_sockaddr_after_the_check_never_reaches_host_loopback") else { return };
+    let Some(s) = setup("rewriting_the_sockaddr_after_the_check_never_reaches_host_loopback") else {
+        return;
+    };
     let d = daemon(&s.lab, &[]);
     let (_server, good) = peer_echo(&s, 7707);
     // A server on the host's loopback, where no container may ever land.
@@ -222,25 +339,43 @@ fn rewriting_the_sockaddr_after_the_check_never_reaches_host_loopback() {
 
     let r = labnet_in(&s, &d, &[], &["race", &good, &evil, "--iterations", "1500"]);
     let seen = evil_server.finish().expect("server output");
-    assert!(!seen.contains("\"peer\""), "a container connection reached host loopback: {seen}\n{r}");
+    assert!(
+        !seen.contains("\"peer\""),
+        "a container connection reached host loopback: {seen}\n{r}"
+    );
     assert_eq!(r["to_evil"], 0, "{r}");
-    assert!(r["to_good"].as_u64().unwrap_or(0) > 0, "the race never took the fast path: {r}");
-    assert!(r["flips"].as_u64().unwrap_or(0) > 1000, "the address was not rewritten concurrently: {r}");
+    assert!(
+        r["to_good"].as_u64().unwrap_or(0) > 0,
+        "the race never took the fast path: {r}"
+    );
+    assert!(
+        r["flips"].as_u64().unwrap_or(0) > 1000,
+        "the address was not rewritten concurrently: {r}"
+    );
 }
 
 #[test]
 fn raw_sockets_keep_the_container_path() {
-    let Some(s) = setup("raw_sockets_keep_the_container_path") else { return };
+    let Some(s) = setup("raw_sockets_keep_the_container_path") else {
+        return;
+    };
     let d = daemon(&s.lab, &[]);
     // SOCK_RAW (3) shares a bit with SOCK_STREAM (1): an exact check keeps it.
     let r = labnet_in(&s, &d, &[], &["raw-connect", &s.peer.addr.to_string()]);
     assert_eq!(r["local"], CONTAINER_ADDR, "{r}");
-    assert_eq!(d.bypassed_to(&format!("{}:0", s.peer.addr)), 0, "daemon log:\n{}", d.log_text());
+    assert_eq!(
+        d.bypassed_to(&format!("{}:0", s.peer.addr)),
+        0,
+        "daemon log:\n{}",
+        d.log_text()
+    );
 }
 
 #[test]
 fn a_slow_connect_does_not_stall_other_threads() {
-    let Some(s) = setup("a_slow_connect_does_not_stall_other_threads") else { return };
+    let Some(s) = setup("a_slow_connect_does_not_stall_other_threads") else {
+        return;
+    };
     let d = daemon(&s.lab, &[]);
     let (_server, fast) = peer_echo(&s, 7708);
     let labnet = s.labnet_host.to_str().expect("path");
@@ -251,17 +386,23 @@ fn a_slow_connect_does_not_stall_other_threads() {
     let r = labnet_in(&s, &d, &[], &["threads", &slow, &fast]);
     assert_eq!(r["fast_ok"], true, "{r}");
     assert_eq!(r["slow_pending"], true, "the slow connect was not slow: {r}");
-    assert!(r["fast_ms"].as_f64().unwrap_or(f64::MAX) < 500.0, "fast connect waited for the slow one: {r}");
+    assert!(
+        r["fast_ms"].as_f64().unwrap_or(f64::MAX) < 500.0,
+        "fast connect waited for the slow one: {r}"
+    );
     assert_eq!(d.bypassed_to(&fast), 1, "daemon log:\n{}", d.log_text());
 }
 
 #[test]
 fn bad_connect_arguments_get_the_kernels_errno() {
-    let Some(s) = setup("bad_connect_arguments_get_the_kernels_errno") else { return };
+    let Some(s) = setup("bad_connect_arguments_get_the_kernels_errno") else {
+        return;
+    };
     let d = daemon(&s.lab, &[]);
     let (_server, addr) = peer_echo(&s, 7710);
     // The same probe on the host, without any filter, is the reference.
-    let host = rootless_lab::run(s.lab.user_command(&s.labnet_host).args(["bad-args", &addr])).expect("host probe");
+    let host =
+        rootless_lab::run(s.lab.user_command(&s.labnet_host).args(["bad-args", &addr])).expect("host probe");
     let host = json_line(&host);
     assert_eq!(host["good"], 0, "{host}");
     assert_eq!(host["null_pointer"], libc::EFAULT, "{host}");
@@ -272,19 +413,27 @@ fn bad_connect_arguments_get_the_kernels_errno() {
 
 #[test]
 fn a_container_killed_during_a_pending_connect_leaves_the_daemon_serving() {
-    let Some(s) = setup("a_container_killed_during_a_pending_connect_leaves_the_daemon_serving") else { return };
+    let Some(s) = setup("a_container_killed_during_a_pending_connect_leaves_the_daemon_serving") else {
+        return;
+    };
     let mut d = daemon(&s.lab, &[]);
     let labnet = s.labnet_host.to_str().expect("path");
     let slow = format!("{}:7711", s.peer.addr);
     let mut hole = s.peer.spawn(labnet, &["blackhole", &slow]).expect("blackhole");
     listening(&mut hole).expect("blackhole ready");
     let profile = d.profile(&s.lab, &[]).expect("profile");
-    let config = ContainerConfig { seccomp: Some(profile), ..Default::default() };
-    let stuck = Container::start(&s.lab, config, &["/lab/labnet", "connect", "--blocking", &slow]).expect("container");
+    let config = ContainerConfig {
+        seccomp: Some(profile),
+        ..Default::default()
+    };
+    let stuck = Container::start(&s.lab, config, &["/lab/labnet", "connect", "--blocking", &slow])
+        .expect("container");
     std::thread::sleep(Duration::from_millis(700));
     drop(stuck); // runc delete --force: SIGKILL while the notification is pending
     rootless_lab::wait_for("the daemon to notice", Duration::from_secs(10), || {
-        d.log_text().contains("caller gone before the answer").then_some(())
+        d.log_text()
+            .contains("caller gone before the answer")
+            .then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}; daemon log:\n{}", d.log_text()));
     assert!(d.alive(), "daemon died:\n{}", d.log_text());

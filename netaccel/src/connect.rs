@@ -292,9 +292,13 @@ pub async fn handle(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<Ou
         Err(e) if e == rustix::io::Errno::INPROGRESS && nonblocking => libc::EINPROGRESS,
         Err(e) if e == rustix::io::Errno::INPROGRESS => {
             match wait_connected(ctx.notify, n.id, host, opts.send_timeout()).await? {
-                Waited::Done { host: h, errno: 0 } => return install(ctx, n, call, dst, h, cloexec, false, 0),
+                Waited::Done { host: h, errno: 0 } => {
+                    return install(ctx, n, call, dst, h, cloexec, false, 0)
+                }
                 Waited::Done { errno, .. } => return fail(ctx, n, dst, errno),
-                Waited::TimedOut(h) => return install(ctx, n, call, dst, h, cloexec, false, libc::EINPROGRESS),
+                Waited::TimedOut(h) => {
+                    return install(ctx, n, call, dst, h, cloexec, false, libc::EINPROGRESS)
+                }
                 Waited::CallerGone => return Ok(Outcome::CallerGone),
             }
         }
@@ -407,19 +411,43 @@ mod tests {
 
     #[test]
     fn plain_tcp_socket_in_the_container_namespace_is_bypassed() {
-        assert_eq!(check_socket(&tcp_facts(AddressFamily::INET), &v4(), ns()), Verdict::Bypass);
+        assert_eq!(
+            check_socket(&tcp_facts(AddressFamily::INET), &v4(), ns()),
+            Verdict::Bypass
+        );
         let v6: SocketAddr = "[2001:db8::9]:80".parse().expect("addr");
-        assert_eq!(check_socket(&tcp_facts(AddressFamily::INET6), &v6, ns()), Verdict::Bypass);
+        assert_eq!(
+            check_socket(&tcp_facts(AddressFamily::INET6), &v6, ns()),
+            Verdict::Bypass
+        );
     }
 
     #[test]
     fn socket_type_must_be_exactly_stream() {
-        for ty in [SocketType::RAW, SocketType::SEQPACKET, SocketType::DGRAM, SocketType::RDM] {
-            let facts = SocketFacts { socket_type: ty, ..tcp_facts(AddressFamily::INET) };
-            assert_eq!(check_socket(&facts, &v4(), ns()), Verdict::Keep(Keep::NotTcpStream), "{ty:?}");
+        for ty in [
+            SocketType::RAW,
+            SocketType::SEQPACKET,
+            SocketType::DGRAM,
+            SocketType::RDM,
+        ] {
+            let facts = SocketFacts {
+                socket_type: ty,
+                ..tcp_facts(AddressFamily::INET)
+            };
+            assert_eq!(
+                check_socket(&facts, &v4(), ns()),
+                Verdict::Keep(Keep::NotTcpStream),
+                "{ty:?}"
+            );
         }
-        let sctp = SocketFacts { protocol: Some(libc::IPPROTO_SCTP as u32), ..tcp_facts(AddressFamily::INET) };
-        assert_eq!(check_socket(&sctp, &v4(), ns()), Verdict::Keep(Keep::NotTcpStream));
+        let sctp = SocketFacts {
+            protocol: Some(libc::IPPROTO_SCTP as u32),
+            ..tcp_facts(AddressFamily::INET)
+        };
+        assert_eq!(
+            check_socket(&sctp, &v4(), ns()),
+            Verdict::Keep(Keep::NotTcpStream)
+        );
     }
 
     #[test]
@@ -428,27 +456,54 @@ mod tests {
         let other = NetnsId::of_path("/proc/self/ns/uts").expect("uts ns");
         let current = ns();
         assert_ne!(other, current);
-        let facts = SocketFacts { netns: None, ..tcp_facts(AddressFamily::INET) };
-        assert_eq!(check_socket(&facts, &v4(), current), Verdict::Keep(Keep::ForeignNamespace));
-        let facts = SocketFacts { netns: Some(other), ..tcp_facts(AddressFamily::INET) };
-        assert_eq!(check_socket(&facts, &v4(), current), Verdict::Keep(Keep::ForeignNamespace));
+        let facts = SocketFacts {
+            netns: None,
+            ..tcp_facts(AddressFamily::INET)
+        };
+        assert_eq!(
+            check_socket(&facts, &v4(), current),
+            Verdict::Keep(Keep::ForeignNamespace)
+        );
+        let facts = SocketFacts {
+            netns: Some(other),
+            ..tcp_facts(AddressFamily::INET)
+        };
+        assert_eq!(
+            check_socket(&facts, &v4(), current),
+            Verdict::Keep(Keep::ForeignNamespace)
+        );
     }
 
     #[test]
     fn bound_connected_and_mismatched_sockets_are_kept() {
-        let bound = SocketFacts { bound: true, ..tcp_facts(AddressFamily::INET) };
-        assert_eq!(check_socket(&bound, &v4(), ns()), Verdict::Keep(Keep::AlreadyBound));
-        let busy = SocketFacts { closed: false, ..tcp_facts(AddressFamily::INET) };
+        let bound = SocketFacts {
+            bound: true,
+            ..tcp_facts(AddressFamily::INET)
+        };
+        assert_eq!(
+            check_socket(&bound, &v4(), ns()),
+            Verdict::Keep(Keep::AlreadyBound)
+        );
+        let busy = SocketFacts {
+            closed: false,
+            ..tcp_facts(AddressFamily::INET)
+        };
         assert_eq!(check_socket(&busy, &v4(), ns()), Verdict::Keep(Keep::NotClosed));
         let v6sock = tcp_facts(AddressFamily::INET6);
-        assert_eq!(check_socket(&v6sock, &v4(), ns()), Verdict::Keep(Keep::FamilyMismatch));
+        assert_eq!(
+            check_socket(&v6sock, &v4(), ns()),
+            Verdict::Keep(Keep::FamilyMismatch)
+        );
     }
 
     #[test]
     fn loopback_destinations_are_kept() {
         let ignore = IgnoreList::default();
         let lo: SocketAddr = "127.0.0.1:2379".parse().expect("addr");
-        assert_eq!(check_destination(&lo, &ignore), Verdict::Keep(Keep::IgnoredDestination));
+        assert_eq!(
+            check_destination(&lo, &ignore),
+            Verdict::Keep(Keep::IgnoredDestination)
+        );
         assert_eq!(check_destination(&v4(), &ignore), Verdict::Bypass);
     }
 
@@ -456,11 +511,27 @@ mod tests {
     fn call_arguments_are_checked_like_the_kernel() {
         assert_eq!(
             ConnectCall::from_args(&[3, 0x1000, 16, 0, 0, 0]),
-            Some(ConnectCall { fd: 3, addr_ptr: 0x1000, addr_len: 16 })
+            Some(ConnectCall {
+                fd: 3,
+                addr_ptr: 0x1000,
+                addr_len: 16
+            })
         );
-        assert_eq!(ConnectCall::from_args(&[u32::MAX as u64, 0x1000, 16, 0, 0, 0]), None, "fd -1");
-        assert_eq!(ConnectCall::from_args(&[3, 0x1000, 129, 0, 0, 0]), None, "len > 128");
-        assert_eq!(ConnectCall::from_args(&[3, 0x1000, u32::MAX as u64, 0, 0, 0]), None, "len -1");
+        assert_eq!(
+            ConnectCall::from_args(&[u32::MAX as u64, 0x1000, 16, 0, 0, 0]),
+            None,
+            "fd -1"
+        );
+        assert_eq!(
+            ConnectCall::from_args(&[3, 0x1000, 129, 0, 0, 0]),
+            None,
+            "len > 128"
+        );
+        assert_eq!(
+            ConnectCall::from_args(&[3, 0x1000, u32::MAX as u64, 0, 0, 0]),
+            None,
+            "len -1"
+        );
         // Upper bits are ignored by the kernel's int conversion.
         assert_eq!(
             ConnectCall::from_args(&[(1 << 32) | 5, 0, 16, 0, 0, 0]).map(|c| c.fd),
@@ -472,9 +543,15 @@ mod tests {
     fn socket_facts_of_real_sockets() {
         let tcp = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).expect("tcp");
         let f = SocketFacts::read(&tcp).expect("facts");
-        assert_eq!((f.family, f.socket_type, f.bound, f.closed), (AddressFamily::INET, SocketType::STREAM, false, true));
+        assert_eq!(
+            (f.family, f.socket_type, f.bound, f.closed),
+            (AddressFamily::INET, SocketType::STREAM, false, true)
+        );
         let udp = rustix::net::socket(AddressFamily::INET, SocketType::DGRAM, None).expect("udp");
-        assert_eq!(SocketFacts::read(&udp).expect("facts").socket_type, SocketType::DGRAM);
+        assert_eq!(
+            SocketFacts::read(&udp).expect("facts").socket_type,
+            SocketType::DGRAM
+        );
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let f = SocketFacts::read(&listener).expect("facts");
         assert!(f.bound && !f.closed);

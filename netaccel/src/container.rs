@@ -95,9 +95,18 @@ impl Container {
     }
 
     async fn handle(&self, n: Notification) {
-        let answer = AnswerGuard { notify: &self.notify, id: n.id, armed: true };
+        let answer = AnswerGuard {
+            notify: &self.notify,
+            id: n.id,
+            armed: true,
+        };
         let result = match &self.mode {
-            Mode::Accelerate { netns, ignore, defaults, .. } if n.arch == NATIVE_ARCH && i64::from(n.nr) == libc::SYS_connect => {
+            Mode::Accelerate {
+                netns,
+                ignore,
+                defaults,
+                ..
+            } if n.arch == NATIVE_ARCH && i64::from(n.nr) == libc::SYS_connect => {
                 let ctx = ConnectContext {
                     notify: &self.notify,
                     container_netns: *netns,
@@ -106,7 +115,10 @@ impl Container {
                 };
                 connect::handle(&ctx, &n).await
             }
-            _ => self.notify.answer_continue(n.id).map(|_| Outcome::Kept(connect::Keep::NotApplicable)),
+            _ => self
+                .notify
+                .answer_continue(n.id)
+                .map(|_| Outcome::Kept(connect::Keep::NotApplicable)),
         };
         answer.disarm();
         match result {
@@ -170,7 +182,10 @@ enum Pending {
 fn pending(notify: &NotifyFd) -> Pending {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};
     let mut fds = [PollFd::new(notify, PollFlags::IN)];
-    let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     match poll(&mut fds, Some(&zero)) {
         Ok(0) => Pending::Nothing,
         Ok(_) => {

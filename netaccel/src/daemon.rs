@@ -71,19 +71,30 @@ impl Daemon {
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .map_err(|source| DaemonError::SocketDir { dir: dir.to_owned(), source })?;
+                .map_err(|source| DaemonError::SocketDir {
+                    dir: dir.to_owned(),
+                    source,
+                })?;
         }
         if socket.exists() {
             if UnixStream::connect(&socket).await.is_ok() {
                 return Err(DaemonError::AlreadyRunning { socket });
             }
-            std::fs::remove_file(&socket)
-                .map_err(|source| DaemonError::StaleSocket { socket: socket.clone(), source })?;
+            std::fs::remove_file(&socket).map_err(|source| DaemonError::StaleSocket {
+                socket: socket.clone(),
+                source,
+            })?;
         }
-        let listener = UnixListener::bind(&socket)
-            .map_err(|source| DaemonError::Bind { socket: socket.clone(), source })?;
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
-            .map_err(|source| DaemonError::Bind { socket: socket.clone(), source })?;
+        let listener = UnixListener::bind(&socket).map_err(|source| DaemonError::Bind {
+            socket: socket.clone(),
+            source,
+        })?;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+            DaemonError::Bind {
+                socket: socket.clone(),
+                source,
+            }
+        })?;
         let defaults = HostDefaults::probe().map_err(|e| DaemonError::HostDefaults { source: e.into() })?;
         Ok(Self {
             listener,
@@ -125,7 +136,9 @@ impl Daemon {
 }
 
 async fn register(stream: UnixStream, shared: Arc<Shared>) {
-    let msg = match tokio::time::timeout(REGISTRATION_TIMEOUT, fdpass::read_message(&stream, MAX_STATE_LEN)).await {
+    let msg = match tokio::time::timeout(REGISTRATION_TIMEOUT, fdpass::read_message(&stream, MAX_STATE_LEN))
+        .await
+    {
         Ok(Ok(m)) => m,
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "reading a registration failed");
@@ -144,7 +157,11 @@ async fn register(stream: UnixStream, shared: Arc<Shared>) {
         return;
     }
     if msg.oversized || msg.fds_truncated {
-        let why = if msg.oversized { "state message larger than 1 MiB" } else { "fds truncated" };
+        let why = if msg.oversized {
+            "state message larger than 1 MiB"
+        } else {
+            "fds truncated"
+        };
         return pass_through_all(notify_fds, why);
     }
     let state = match ContainerProcessState::parse(&msg.bytes, fd_count) {
@@ -166,7 +183,13 @@ async fn register(stream: UnixStream, shared: Arc<Shared>) {
         }
         Err(why) => {
             tracing::error!(container = %id, pid = state.pid, reason = %why, "serving container without acceleration");
-            Container { id, notify, mode: Mode::PassThrough }.serve().await;
+            Container {
+                id,
+                notify,
+                mode: Mode::PassThrough,
+            }
+            .serve()
+            .await;
         }
     }
 }
@@ -186,9 +209,17 @@ fn accept_notify_fds(fds: Vec<OwnedFd>) -> Vec<NotifyFd> {
 /// Answers CONTINUE to everything on fds we cannot trust, so those processes
 /// keep their normal network instead of getting ENOSYS.
 fn pass_through_all(fds: Vec<NotifyFd>, why: &str) {
-    tracing::error!(reason = why, fds = fds.len(), "bad registration: its syscalls continue unaccelerated");
+    tracing::error!(
+        reason = why,
+        fds = fds.len(),
+        "bad registration: its syscalls continue unaccelerated"
+    );
     for notify in fds {
-        let c = Container { id: "<unregistered>".into(), notify, mode: Mode::PassThrough };
+        let c = Container {
+            id: "<unregistered>".into(),
+            notify,
+            mode: Mode::PassThrough,
+        };
         tokio::spawn(c.serve());
     }
 }
@@ -208,5 +239,10 @@ async fn accelerate(state: &ContainerProcessState, shared: &Shared) -> Result<Mo
     let watch = SubnetWatch::start(route, state.pid, base, ignore.clone())
         .await
         .map_err(|e| e.to_string())?;
-    Ok(Mode::Accelerate { netns, ignore, defaults: shared.defaults.clone(), _watch: watch })
+    Ok(Mode::Accelerate {
+        netns,
+        ignore,
+        defaults: shared.defaults.clone(),
+        _watch: watch,
+    })
 }

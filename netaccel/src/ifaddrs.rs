@@ -102,7 +102,9 @@ pub async fn route_socket_in_netns_of(helper_exe: &Path, pid: u32) -> Result<Own
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    msg.fds.pop().ok_or_else(|| helper_err("no socket received".into()))
+    msg.fds
+        .pop()
+        .ok_or_else(|| helper_err("no socket received".into()))
 }
 
 /// Keeps `target` = `base` + the subnets of the namespace behind `route_socket`
@@ -138,7 +140,10 @@ impl SubnetWatch {
                 *t = list;
             }
         };
-        let dump_err = |e: rtnetlink::Error| IfaddrsError::Dump { pid, detail: e.to_string() };
+        let dump_err = |e: rtnetlink::Error| IfaddrsError::Dump {
+            pid,
+            detail: e.to_string(),
+        };
         publish(dump(&handle).await.map_err(dump_err)?);
         let task = tokio::spawn(async move {
             while changes.next().await.is_some() {
@@ -185,9 +190,11 @@ mod tests {
     fn subnet_prefers_local_address() {
         let mut msg = AddressMessage::default();
         msg.header.prefix_len = 24;
-        msg.attributes.push(AddressAttribute::Address("10.0.2.100".parse().expect("ip")));
+        msg.attributes
+            .push(AddressAttribute::Address("10.0.2.100".parse().expect("ip")));
         assert_eq!(subnet_of(&msg), Some("10.0.2.0/24".parse().expect("net")));
-        msg.attributes.push(AddressAttribute::Local("10.9.9.9".parse().expect("ip")));
+        msg.attributes
+            .push(AddressAttribute::Local("10.9.9.9".parse().expect("ip")));
         assert_eq!(subnet_of(&msg), Some("10.9.9.0/24".parse().expect("net")));
         msg.header.prefix_len = 99;
         assert_eq!(subnet_of(&msg), None);

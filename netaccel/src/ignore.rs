@@ -59,7 +59,15 @@ mod tests {
     #[test]
     fn loopback_and_unspecified_are_always_ignored() {
         let list = IgnoreList::default();
-        for a in ["127.0.0.1", "127.3.2.1", "::1", "0.0.0.0", "::", "::ffff:127.0.0.1", "::ffff:0.0.0.0"] {
+        for a in [
+            "127.0.0.1",
+            "127.3.2.1",
+            "::1",
+            "0.0.0.0",
+            "::",
+            "::ffff:127.0.0.1",
+            "::ffff:0.0.0.0",
+        ] {
             assert!(list.is_ignored(ip(a)), "{a}");
         }
         assert!(!list.is_ignored(ip("192.0.2.7")));

@@ -56,7 +56,9 @@ enum Command {
 fn socket_or_default(socket: Option<PathBuf>) -> Result<PathBuf> {
     match socket.or_else(netaccel::default_socket_path) {
         Some(s) => Ok(s),
-        None => bail!("XDG_RUNTIME_DIR is not set: pass --socket PATH (e.g. /run/user/$(id -u)/netaccel/netaccel.sock)"),
+        None => bail!(
+            "XDG_RUNTIME_DIR is not set: pass --socket PATH (e.g. /run/user/$(id -u)/netaccel/netaccel.sock)"
+        ),
     }
 }
 
@@ -72,7 +74,11 @@ fn main() -> Result<()> {
             println!("{}", profile.to_json_pretty());
             Ok(())
         }
-        Command::Daemon { socket, ignore, log_level } => {
+        Command::Daemon {
+            socket,
+            ignore,
+            log_level,
+        } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log_level))
                 .with_context(|| format!("invalid --log-level {log_level:?}"))?;
@@ -98,7 +104,8 @@ fn main() -> Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         return std::future::pending().await;
     };
     tokio::select! {

@@ -61,9 +61,7 @@ impl NotifyProfile {
             })?
             .to_owned();
         if !socket.is_absolute() {
-            return Err(ProfileError::RelativeSocket {
-                path: listener_path,
-            });
+            return Err(ProfileError::RelativeSocket { path: listener_path });
         }
         let listener_metadata = if settings == &ContainerSettings::default() {
             String::new()
@@ -95,8 +93,11 @@ mod tests {
 
     #[test]
     fn renders_notify_rule_and_listener() {
-        let p = NotifyProfile::new(Path::new("/run/user/1000/netaccel/netaccel.sock"), &Default::default())
-            .expect("profile");
+        let p = NotifyProfile::new(
+            Path::new("/run/user/1000/netaccel/netaccel.sock"),
+            &Default::default(),
+        )
+        .expect("profile");
         let v: serde_json::Value = serde_json::from_str(&p.to_json_pretty()).expect("json");
         assert_eq!(v["listenerPath"], "/run/user/1000/netaccel/netaccel.sock");
         assert_eq!(v["defaultAction"], "SCMP_ACT_ALLOW");
@@ -121,8 +122,7 @@ mod tests {
 
     #[test]
     fn relative_socket_is_refused() {
-        let err = NotifyProfile::new(Path::new("netaccel.sock"), &Default::default())
-            .expect_err("relative");
+        let err = NotifyProfile::new(Path::new("netaccel.sock"), &Default::default()).expect_err("relative");
         assert!(err.to_string().contains("absolute"), "{err}");
     }
 }

@@ -77,9 +77,15 @@ mod tests {
         raw[8..24].copy_from_slice(&Ipv6Addr::LOCALHOST.octets());
         raw[24..28].copy_from_slice(&7u32.to_ne_bytes());
         let full = decode_inet(&raw).expect("full sockaddr_in6");
-        assert_eq!(full, SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 443, 0, 7)));
+        assert_eq!(
+            full,
+            SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 443, 0, 7))
+        );
         let short = decode_inet(&raw[..24]).expect("RFC 2133 length");
-        assert_eq!(short, SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 443, 0, 0)));
+        assert_eq!(
+            short,
+            SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 443, 0, 0))
+        );
         assert_eq!(decode_inet(&raw[..23]), None);
     }
 

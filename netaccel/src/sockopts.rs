@@ -115,13 +115,21 @@ impl SocketOptions {
             *v
         ));
         // getsockopt reports twice what setsockopt asked for.
-        replay!(recv_buffer, "SO_RCVBUF", |v| so::set_socket_recv_buffer_size(fd, *v / 2));
-        replay!(send_buffer, "SO_SNDBUF", |v| so::set_socket_send_buffer_size(fd, *v / 2));
+        replay!(recv_buffer, "SO_RCVBUF", |v| so::set_socket_recv_buffer_size(
+            fd,
+            *v / 2
+        ));
+        replay!(send_buffer, "SO_SNDBUF", |v| so::set_socket_send_buffer_size(
+            fd,
+            *v / 2
+        ));
         replay!(nodelay, "TCP_NODELAY", |v| so::set_tcp_nodelay(fd, *v));
         replay!(keepidle, "TCP_KEEPIDLE", |v| so::set_tcp_keepidle(fd, *v));
         replay!(keepintvl, "TCP_KEEPINTVL", |v| so::set_tcp_keepintvl(fd, *v));
         replay!(keepcnt, "TCP_KEEPCNT", |v| so::set_tcp_keepcnt(fd, *v));
-        replay!(user_timeout, "TCP_USER_TIMEOUT", |v| so::set_tcp_user_timeout(fd, *v));
+        replay!(user_timeout, "TCP_USER_TIMEOUT", |v| so::set_tcp_user_timeout(
+            fd, *v
+        ));
         replay!(congestion, "TCP_CONGESTION", |v| so::set_tcp_congestion(fd, v));
         replay!(ip_tos, "IP_TOS", |v| so::set_ip_tos(fd, *v));
         replay!(ipv6_v6only, "IPV6_V6ONLY", |v| so::set_ipv6_v6only(fd, *v));
@@ -185,7 +193,10 @@ mod tests {
         assert!(opts.apply_changed(&host, &defaults).is_empty());
         assert_eq!(SocketOptions::read(&host, AddressFamily::INET), opts);
         // The receive buffer was not set on the original, so it stays unlocked.
-        assert_eq!(so::socket_recv_buffer_size(&host).expect("rcvbuf"), defaults.recv_buffer.expect("default"));
+        assert_eq!(
+            so::socket_recv_buffer_size(&host).expect("rcvbuf"),
+            defaults.recv_buffer.expect("default")
+        );
     }
 
     #[test]

@@ -55,8 +55,7 @@ pub enum StateError {
 impl ContainerProcessState {
     /// Parses and checks the message against the number of fds received.
     pub fn parse(bytes: &[u8], fds_received: usize) -> Result<Self, StateError> {
-        let state: Self =
-            serde_json::from_slice(bytes).map_err(|source| StateError::Json { source })?;
+        let state: Self = serde_json::from_slice(bytes).map_err(|source| StateError::Json { source })?;
         if state.fds.len() != fds_received {
             return Err(StateError::FdMismatch {
                 names: state.fds,
@@ -96,7 +95,10 @@ mod tests {
         assert_eq!(s.pid, 4242);
         assert_eq!(s.state.id, "c1");
         let settings = s.settings().expect("settings");
-        assert_eq!(settings.ignore, vec!["10.96.0.0/16".parse::<IpNet>().expect("net")]);
+        assert_eq!(
+            settings.ignore,
+            vec!["10.96.0.0/16".parse::<IpNet>().expect("net")]
+        );
     }
 
     #[test]

@@ -47,8 +47,7 @@ pub fn open_thread(tid: u32) -> io::Result<OwnedFd> {
         // Before Linux 6.9 only thread-group leaders have pidfds: use the group.
         Err(e) if e == rustix::io::Errno::INVAL => {
             let tgid = thread_group_of(tid)?;
-            let pid =
-                Pid::from_raw(tgid as i32).ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+            let pid = Pid::from_raw(tgid as i32).ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
             Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
         }
         Err(e) => Err(e.into()),
@@ -66,11 +65,7 @@ fn thread_group_of(tid: u32) -> io::Result<u32> {
 
 /// A copy of the caller's fd `fd` (same open file description).
 pub fn copy_fd(pidfd: impl AsFd, fd: RawFd) -> io::Result<OwnedFd> {
-    Ok(rustix::process::pidfd_getfd(
-        pidfd,
-        fd,
-        PidfdGetfdFlags::empty(),
-    )?)
+    Ok(rustix::process::pidfd_getfd(pidfd, fd, PidfdGetfdFlags::empty())?)
 }
 
 /// Whether the caller's fd `fd` has FD_CLOEXEC set. That flag belongs to the
@@ -118,6 +113,9 @@ mod tests {
         let pidfd = open_thread(tid).expect("pidfd of own thread");
         let copy = copy_fd(&pidfd, raw).expect("pidfd_getfd");
         assert!(std::os::fd::AsRawFd::as_raw_fd(&copy) != raw);
-        assert!(fd_is_cloexec(tid, raw).expect("fdinfo"), "std opens files O_CLOEXEC");
+        assert!(
+            fd_is_cloexec(tid, raw).expect("fdinfo"),
+            "std opens files O_CLOEXEC"
+        );
     }
 }

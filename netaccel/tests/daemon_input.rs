@@ -42,7 +42,12 @@ impl Daemon {
             assert!(start.elapsed() < Duration::from_secs(10), "daemon did not listen");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { child, socket, log, _dir: dir }
+        Self {
+            child,
+            socket,
+            log,
+            _dir: dir,
+        }
     }
 
     fn log(&self) -> String {
@@ -52,13 +57,21 @@ impl Daemon {
     fn wait_log(&self, needle: &str) {
         let start = Instant::now();
         while !self.log().contains(needle) {
-            assert!(start.elapsed() < Duration::from_secs(10), "log never said {needle:?}:\n{}", self.log());
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "log never said {needle:?}:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     fn assert_alive(&mut self) {
-        assert!(matches!(self.child.try_wait(), Ok(None)), "daemon died:\n{}", self.log());
+        assert!(
+            matches!(self.child.try_wait(), Ok(None)),
+            "daemon died:\n{}",
+            self.log()
+        );
     }
 }
 
@@ -73,15 +86,20 @@ impl Drop for Daemon {
 /// returns the listener fd.
 fn notify_connect_on_this_thread() -> OwnedFd {
     const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
-    let stmt = |code: u32, k: u32| libc::sock_filter { code: code as u16, jt: 0, jf: 0, k };
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
     let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
         code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
         jt,
         jf,
         k,
     };
-    let load = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u32;
-    let ret = (libc::BPF_RET | libc::BPF_K) as u32;
+    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let ret = libc::BPF_RET | libc::BPF_K;
     let mut prog = [
         stmt(load, 4), // seccomp_data.arch
         jeq(AUDIT_ARCH_X86_64, 0, 2),
@@ -90,7 +108,10 @@ fn notify_connect_on_this_thread() -> OwnedFd {
         stmt(ret, libc::SECCOMP_RET_ALLOW),
         stmt(ret, libc::SECCOMP_RET_USER_NOTIF),
     ];
-    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
     // SAFETY: PR_SET_NO_NEW_PRIVS takes plain integers and affects this thread.
     assert_eq!(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }, 0);
     // SAFETY: `fprog` points at `prog`, a valid BPF program that outlives the
@@ -226,8 +247,11 @@ fn profile_command_renders_the_committed_profile() {
         .output()
         .expect("run");
     assert!(out.status.success());
-    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../seccomp-profiles/netaccel-connect.json"))
-        .expect("seccomp-profiles/netaccel-connect.json");
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../seccomp-profiles/netaccel-connect.json"
+    ))
+    .expect("seccomp-profiles/netaccel-connect.json");
     assert_eq!(String::from_utf8_lossy(&out.stdout), committed, "regenerate with: netaccel profile --socket /run/user/1000/netaccel/netaccel.sock > seccomp-profiles/netaccel-connect.json");
 }
 

@@ -32,7 +32,10 @@ pub struct ContainerConfig {
 
 impl Default for ContainerConfig {
     fn default() -> Self {
-        Self { seccomp: None, mtu: 65520 }
+        Self {
+            seccomp: None,
+            mtu: 65520,
+        }
     }
 }
 
@@ -61,9 +64,20 @@ impl RunOutput {
 }
 
 const CAPS: &[&str] = &[
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
-    "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_NET_ADMIN",
-    "CAP_SYS_ADMIN", "CAP_SYS_CHROOT", "CAP_AUDIT_WRITE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_RAW",
+    "CAP_NET_ADMIN",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_CHROOT",
+    "CAP_AUDIT_WRITE",
 ];
 
 impl<'a> Container<'a> {
@@ -83,11 +97,18 @@ impl<'a> Container<'a> {
         let id = format!("lab{}-{n}", std::process::id());
         let bundle = lab.path().join(format!("bundle-{id}"));
         let rootfs = bundle.join("rootfs");
-        for d in ["proc", "dev", "sys", "tmp", "usr", "lab", "etc", "run", "root", "out"] {
+        for d in [
+            "proc", "dev", "sys", "tmp", "usr", "lab", "etc", "run", "root", "out",
+        ] {
             std::fs::create_dir_all(rootfs.join(d))?;
         }
         std::fs::create_dir_all(bundle.join("out"))?;
-        for (link, target) in [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")] {
+        for (link, target) in [
+            ("bin", "usr/bin"),
+            ("sbin", "usr/sbin"),
+            ("lib", "usr/lib"),
+            ("lib64", "usr/lib64"),
+        ] {
             std::os::unix::fs::symlink(target, rootfs.join(link))?;
         }
         std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
@@ -95,7 +116,10 @@ impl<'a> Container<'a> {
         std::fs::write(rootfs.join("etc/hosts"), "127.0.0.1 localhost\n")?;
         chown_tree(lab, &bundle)?;
 
-        run(lab.user_command("runc").args(["spec", "--rootless", "--bundle"]).arg(&bundle))?;
+        run(lab
+            .user_command("runc")
+            .args(["spec", "--rootless", "--bundle"])
+            .arg(&bundle))?;
         let spec_path = bundle.join("config.json");
         let mut spec: Value = serde_json::from_slice(&std::fs::read(&spec_path)?)?;
         customise(&mut spec, lab, &bundle, &config, args)?;
@@ -122,7 +146,14 @@ impl<'a> Container<'a> {
             .stderr(stderr)
             .status()
             .context("running runc create")?;
-        let mut container = Container { lab, id, runc_root, bundle: bundle.clone(), pid: 0, slirp: None };
+        let mut container = Container {
+            lab,
+            id,
+            runc_root,
+            bundle: bundle.clone(),
+            pid: 0,
+            slirp: None,
+        };
         if !created.success() {
             let log = std::fs::read_to_string(bundle.join("stderr")).unwrap_or_default();
             anyhow::bail!("runc create failed ({created}): {}", log.trim());
@@ -165,8 +196,12 @@ impl<'a> Container<'a> {
             let mut fds = [rustix::event::PollFd::new(&pidfd, rustix::event::PollFlags::IN)];
             let t = rustix::event::Timespec::try_from(timeout).context("timeout")?;
             let ready = rustix::event::poll(&mut fds, Some(&t))?;
-            anyhow::ensure!(ready == 1, "container {} still running after {timeout:?}: {}", self.id,
-                std::fs::read_to_string(self.bundle.join("stderr")).unwrap_or_default());
+            anyhow::ensure!(
+                ready == 1,
+                "container {} still running after {timeout:?}: {}",
+                self.id,
+                std::fs::read_to_string(self.bundle.join("stderr")).unwrap_or_default()
+            );
         }
         let read = |name: &str| std::fs::read_to_string(self.bundle.join(name)).unwrap_or_default();
         Ok(RunOutput {
@@ -179,7 +214,11 @@ impl<'a> Container<'a> {
 
 impl Drop for Container<'_> {
     fn drop(&mut self) {
-        let _ = self.runc().args(["delete", "--force", &self.id]).stderr(Stdio::null()).status();
+        let _ = self
+            .runc()
+            .args(["delete", "--force", &self.id])
+            .stderr(Stdio::null())
+            .status();
         if let Some(mut s) = self.slirp.take() {
             let _ = s.kill();
             let _ = s.wait();
@@ -198,7 +237,13 @@ fn chown_tree(lab: &Lab, path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn customise(spec: &mut Value, lab: &Lab, bundle: &std::path::Path, config: &ContainerConfig, args: &[&str]) -> Result<()> {
+fn customise(
+    spec: &mut Value,
+    lab: &Lab,
+    bundle: &std::path::Path,
+    config: &ContainerConfig,
+    args: &[&str],
+) -> Result<()> {
     spec["root"] = json!({"path": "rootfs", "readonly": true});
     let process = &mut spec["process"];
     process["terminal"] = json!(false);
@@ -214,10 +259,14 @@ fn customise(spec: &mut Value, lab: &Lab, bundle: &std::path::Path, config: &Con
     let mounts = spec["mounts"].as_array_mut().context("spec without mounts")?;
     mounts.push(json!({"destination": "/usr", "type": "bind", "source": "/usr",
         "options": ["rbind", "ro", "nosuid", "nodev"]}));
-    mounts.push(json!({"destination": "/lab", "type": "bind", "source": lab.bin_dir(),
-        "options": ["rbind", "ro", "nosuid", "nodev"]}));
-    mounts.push(json!({"destination": "/out", "type": "bind", "source": bundle.join("out"),
-        "options": ["rbind", "rw", "nosuid", "nodev"]}));
+    mounts.push(
+        json!({"destination": "/lab", "type": "bind", "source": lab.bin_dir(),
+        "options": ["rbind", "ro", "nosuid", "nodev"]}),
+    );
+    mounts.push(
+        json!({"destination": "/out", "type": "bind", "source": bundle.join("out"),
+        "options": ["rbind", "rw", "nosuid", "nodev"]}),
+    );
     mounts.push(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
         "options": ["nosuid", "nodev", "mode=1777"]}));
     let linux = &mut spec["linux"];

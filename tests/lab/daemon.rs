@@ -22,9 +22,12 @@ impl DaemonProcess {
     pub fn start(lab: &Lab, netaccel: &Path, args: &[&str]) -> Result<Self> {
         let netaccel = lab.install_bin(netaccel)?;
         let socket = lab.runtime_dir().join("netaccel").join("netaccel.sock");
-        let log = lab.path().join(format!("netaccel-{}.log", std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos()));
+        let log = lab.path().join(format!(
+            "netaccel-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos()
+        ));
         let log_file = std::fs::File::create(&log)?;
         let child = lab
             .user_command(&netaccel)
@@ -38,10 +41,18 @@ impl DaemonProcess {
             .stderr(log_file)
             .spawn()
             .context("starting netaccel daemon")?;
-        let mut daemon = DaemonProcess { child, socket: socket.clone(), log, netaccel };
+        let mut daemon = DaemonProcess {
+            child,
+            socket: socket.clone(),
+            log,
+            netaccel,
+        };
         wait_for("the daemon socket", Duration::from_secs(10), || {
             if let Ok(Some(status)) = daemon.child.try_wait() {
-                return Some(Err(anyhow::anyhow!("daemon exited ({status}): {}", daemon.log_text())));
+                return Some(Err(anyhow::anyhow!(
+                    "daemon exited ({status}): {}",
+                    daemon.log_text()
+                )));
             }
             socket.exists().then_some(Ok(()))
         })??;

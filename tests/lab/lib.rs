@@ -151,7 +151,10 @@ pub fn wait_for<T>(
         if let Some(v) = probe() {
             return Ok(v);
         }
-        anyhow::ensure!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        anyhow::ensure!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

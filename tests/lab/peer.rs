@@ -41,19 +41,48 @@ impl PeerHost {
         };
         run(Command::new("ip").args(["netns", "add", &netns]))?;
         let steps: Vec<Vec<String>> = vec![
-            vec!["link", "add", &host_if, "type", "veth", "peer", "name", &peer_if, "netns", &netns]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            vec!["addr".into(), "add".into(), format!("{host_addr}/30"), "dev".into(), host_if.clone()],
-            vec!["link".into(), "set".into(), host_if.clone(), "up".into()],
+            vec![
+                "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if, "netns", &netns,
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            vec![
+                "addr".into(),
+                "add".into(),
+                format!("{host_addr}/30"),
+                "dev".into(),
+                host_if.clone(),
+            ],
+            // A jumbo link, like loopback's, so the link is never the bottleneck.
+            vec![
+                "link".into(),
+                "set".into(),
+                host_if.clone(),
+                "mtu".into(),
+                "65520".into(),
+                "up".into(),
+            ],
         ];
         for s in steps {
             run(Command::new("ip").args(&s)).context("configuring the peer link")?;
         }
         for s in [
-            vec!["addr".to_string(), "add".into(), format!("{addr}/30"), "dev".into(), peer_if.clone()],
-            vec!["link".into(), "set".into(), peer_if.clone(), "up".into()],
+            vec![
+                "addr".to_string(),
+                "add".into(),
+                format!("{addr}/30"),
+                "dev".into(),
+                peer_if.clone(),
+            ],
+            vec![
+                "link".into(),
+                "set".into(),
+                peer_if.clone(),
+                "mtu".into(),
+                "65520".into(),
+                "up".into(),
+            ],
             vec!["link".into(), "set".into(), "lo".into(), "up".into()],
         ] {
             run(Command::new("ip").arg("-n").arg(&netns).args(&s)).context("configuring the peer")?;

@@ -65,7 +65,11 @@ fn main() {
         Cmd::Blackhole { listen } => blackhole(listen),
         Cmd::Connect { dst, bytes, blocking } => connect(dst, bytes, blocking),
         Cmd::Threads { slow, fast } => threads(slow, fast),
-        Cmd::Race { good, evil, iterations } => race(good, evil, iterations),
+        Cmd::Race {
+            good,
+            evil,
+            iterations,
+        } => race(good, evil, iterations),
         Cmd::RawConnect { dst } => raw_connect(dst),
         Cmd::BadArgs { dst } => bad_args(dst),
     };
@@ -115,8 +119,13 @@ fn blackhole(listen: SocketAddr) -> Result<()> {
     rustix::net::listen(&sock, 0)?;
     // Fill the accept queue; with backlog 0 it holds one connection, and the
     // kernel drops SYNs while it is full.
-    let fillers: Vec<TcpStream> = (0..2).filter_map(|_| TcpStream::connect_timeout(&listen, Duration::from_millis(300)).ok()).collect();
-    println!("{}", json!({"listening": listen.to_string(), "queued": fillers.len()}));
+    let fillers: Vec<TcpStream> = (0..2)
+        .filter_map(|_| TcpStream::connect_timeout(&listen, Duration::from_millis(300)).ok())
+        .collect();
+    println!(
+        "{}",
+        json!({"listening": listen.to_string(), "queued": fillers.len()})
+    );
     std::io::stdout().flush()?;
     loop {
         std::thread::sleep(Duration::from_secs(3600));
@@ -154,7 +163,9 @@ fn connect(dst: SocketAddr, bytes: usize, blocking: bool) -> Result<()> {
     });
     conn.write_all(&data)?;
     conn.shutdown(Shutdown::Write)?;
-    let back = echo.join().map_err(|_| anyhow::anyhow!("echo reader panicked"))??;
+    let back = echo
+        .join()
+        .map_err(|_| anyhow::anyhow!("echo reader panicked"))??;
     println!(
         "{}",
         json!({"local": local.to_string(), "peer": peer.to_string(), "sent": data.len(), "echo_intact": back == data})
@@ -217,7 +228,11 @@ fn race(good: SocketAddrV4, evil: SocketAddrV4, iterations: u32) -> Result<()> {
     };
     let (mut to_good, mut to_evil, mut failed) = (0u32, 0u32, 0u32);
     for _ in 0..iterations {
-        let sock = rustix::net::socket(rustix::net::AddressFamily::INET, rustix::net::SocketType::STREAM, None)?;
+        let sock = rustix::net::socket(
+            rustix::net::AddressFamily::INET,
+            rustix::net::SocketType::STREAM,
+            None,
+        )?;
         // SAFETY: `shared` is a live, properly laid out sockaddr_in (repr(C),
         // atomics have the layout of their integers) of the length we pass;
         // the kernel only reads it.
@@ -256,7 +271,9 @@ fn raw_connect(dst: std::net::Ipv4Addr) -> Result<()> {
     .context("raw socket (needs CAP_NET_RAW)")?;
     rustix::net::connect(&sock, &SocketAddrV4::new(dst, 0))?;
     let local = rustix::net::getsockname(&sock)?;
-    let local = SocketAddr::try_from(local).map(|a| a.ip().to_string()).unwrap_or_default();
+    let local = SocketAddr::try_from(local)
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
     println!("{}", json!({"local": local}));
     Ok(())
 }
@@ -265,7 +282,9 @@ fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as u16,
         sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a.ip().octets()),
+        },
         sin_zero: [0; 8],
     }
 }
@@ -275,37 +294,79 @@ fn raw_connect_errno(fd: i32, addr: *const libc::sockaddr, len: libc::socklen_t)
     // SAFETY: connect only reads `len` bytes at `addr` (faulting pointers are
     // the point of the probe and only yield EFAULT); it never writes memory.
     let rc = unsafe { libc::connect(fd, addr, len) };
-    if rc == 0 { 0 } else { std::io::Error::last_os_error().raw_os_error().unwrap_or(-1) }
+    if rc == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    }
 }
 
 fn bad_args(dst: SocketAddrV4) -> Result<()> {
-    let tcp = || rustix::net::socket(rustix::net::AddressFamily::INET, rustix::net::SocketType::STREAM, None);
+    let tcp = || {
+        rustix::net::socket(
+            rustix::net::AddressFamily::INET,
+            rustix::net::SocketType::STREAM,
+            None,
+        )
+    };
     let good = sockaddr_in(dst);
     let good_ptr = (&good as *const libc::sockaddr_in).cast::<libc::sockaddr>();
     let in_len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     let mut r = serde_json::Map::new();
     let s = tcp()?;
-    r.insert("null_pointer".into(), raw_connect_errno(s.as_raw_fd(), std::ptr::null(), in_len).into());
-    r.insert("wild_pointer".into(), raw_connect_errno(s.as_raw_fd(), 16 as *const libc::sockaddr, in_len).into());
-    r.insert("too_long".into(), raw_connect_errno(s.as_raw_fd(), good_ptr, 200).into());
-    r.insert("too_short".into(), raw_connect_errno(s.as_raw_fd(), good_ptr, 8).into());
-    r.insert("negative_len".into(), raw_connect_errno(s.as_raw_fd(), good_ptr, u32::MAX).into());
+    r.insert(
+        "null_pointer".into(),
+        raw_connect_errno(s.as_raw_fd(), std::ptr::null(), in_len).into(),
+    );
+    r.insert(
+        "wild_pointer".into(),
+        raw_connect_errno(s.as_raw_fd(), 16 as *const libc::sockaddr, in_len).into(),
+    );
+    r.insert(
+        "too_long".into(),
+        raw_connect_errno(s.as_raw_fd(), good_ptr, 200).into(),
+    );
+    r.insert(
+        "too_short".into(),
+        raw_connect_errno(s.as_raw_fd(), good_ptr, 8).into(),
+    );
+    r.insert(
+        "negative_len".into(),
+        raw_connect_errno(s.as_raw_fd(), good_ptr, u32::MAX).into(),
+    );
     r.insert("bad_fd".into(), raw_connect_errno(-1, good_ptr, in_len).into());
-    r.insert("closed_fd".into(), raw_connect_errno(900, good_ptr, in_len).into());
+    r.insert(
+        "closed_fd".into(),
+        raw_connect_errno(900, good_ptr, in_len).into(),
+    );
     let file = std::fs::File::open("/dev/null")?;
-    r.insert("not_a_socket".into(), raw_connect_errno(file.as_raw_fd(), good_ptr, in_len).into());
+    r.insert(
+        "not_a_socket".into(),
+        raw_connect_errno(file.as_raw_fd(), good_ptr, in_len).into(),
+    );
     let mut v6 = [0u8; 28];
     v6[0..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
-    r.insert("wrong_family".into(), raw_connect_errno(s.as_raw_fd(), v6.as_ptr().cast(), 28).into());
+    r.insert(
+        "wrong_family".into(),
+        raw_connect_errno(s.as_raw_fd(), v6.as_ptr().cast(), 28).into(),
+    );
     let mut unix_addr = [0u8; 110];
     unix_addr[0..2].copy_from_slice(&(libc::AF_UNIX as u16).to_ne_bytes());
-    r.insert("unix_family".into(), raw_connect_errno(s.as_raw_fd(), unix_addr.as_ptr().cast(), 110).into());
+    r.insert(
+        "unix_family".into(),
+        raw_connect_errno(s.as_raw_fd(), unix_addr.as_ptr().cast(), 110).into(),
+    );
     // An address whose last bytes lie past the end of a mapping.
     let page = rustix::param::page_size();
     // SAFETY: a fresh anonymous private mapping of two pages; nothing else
     // refers to it, and it is unmapped below before return.
     let map = unsafe {
-        rustix::mm::mmap_anonymous(std::ptr::null_mut(), 2 * page, rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE, rustix::mm::MapFlags::PRIVATE)
+        rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            2 * page,
+            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+            rustix::mm::MapFlags::PRIVATE,
+        )
     }?;
     // SAFETY: the second page lies inside the mapping we own.
     unsafe { rustix::mm::munmap(map.cast::<u8>().add(page).cast(), page) }?;
@@ -313,11 +374,17 @@ fn bad_args(dst: SocketAddrV4) -> Result<()> {
     let edge = unsafe { map.cast::<u8>().add(page - 8) };
     // SAFETY: the 8 bytes at `edge` are inside the mapped first page.
     unsafe { std::ptr::copy_nonoverlapping((&good as *const libc::sockaddr_in).cast::<u8>(), edge, 8) };
-    r.insert("crosses_mapping".into(), raw_connect_errno(s.as_raw_fd(), edge.cast(), in_len).into());
+    r.insert(
+        "crosses_mapping".into(),
+        raw_connect_errno(s.as_raw_fd(), edge.cast(), in_len).into(),
+    );
     // SAFETY: unmaps the first page of our own mapping; `edge` is not used after.
     unsafe { rustix::mm::munmap(map, page) }?;
     let fresh = tcp()?;
-    r.insert("good".into(), raw_connect_errno(fresh.as_raw_fd(), good_ptr, in_len).into());
+    r.insert(
+        "good".into(),
+        raw_connect_errno(fresh.as_raw_fd(), good_ptr, in_len).into(),
+    );
     println!("{}", serde_json::Value::Object(r));
     Ok(())
 }

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Prepares a Debian/Ubuntu host for u7s and netaccel: the root part.
+# Idempotent: run it again at any time; it only changes what is missing.
+#
+#   - packages: runc, slirp4netns, rootlesskit, uidmap, iperf3, busybox-static,
+#     util-linux, iproute2, socat, libseccomp-dev, pkg-config
+#   - /dev/net/tun usable by users (mode 0666, as most distributions ship it)
+#   - unprivileged user namespaces enabled
+#   - the test user (U7S_TEST_USER, default u7s-test) with subordinate ids
+#
+# The Rust toolchain is not installed here (Debian's is too old): install it
+# with rustup before building.
+set -euo pipefail
+
+say() { printf '[init-host] %s\n' "$*"; }
+die() { printf '[init-host] error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "run me as root (sudo $0): I install packages and create the test user"
+command -v apt-get >/dev/null || die "apt-get not found: this script supports Debian and Ubuntu"
+
+PACKAGES=(runc slirp4netns rootlesskit uidmap iperf3 busybox-static util-linux iproute2
+          socat libseccomp-dev pkg-config ca-certificates)
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    say "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+    say "packages present"
+fi
+
+kernel=$(uname -r)
+major=${kernel%%.*}; rest=${kernel#*.}; minor=${rest%%.*}
+if [ "$major" -lt 5 ] || { [ "$major" -eq 5 ] && [ "$minor" -lt 14 ]; }; then
+    die "kernel $kernel is too old: netaccel needs Linux >= 5.14 (seccomp ADDFD with SEND, pidfd_getfd)"
+fi
+
+if [ ! -e /dev/net/tun ]; then
+    say "creating /dev/net/tun"
+    mkdir -p /dev/net
+    mknod -m 0666 /dev/net/tun c 10 200
+fi
+if [ "$(stat -c %a /dev/net/tun)" != "666" ]; then
+    say "making /dev/net/tun usable by users (slirp4netns opens it inside the user namespace)"
+    chmod 0666 /dev/net/tun
+fi
+if [ -d /etc/udev/rules.d ] && [ ! -e /etc/udev/rules.d/60-u7s-tun.rules ]; then
+    echo 'KERNEL=="tun", MODE="0666"' > /etc/udev/rules.d/60-u7s-tun.rules
+fi
+
+if [ -e /proc/sys/kernel/unprivileged_userns_clone ] && [ "$(cat /proc/sys/kernel/unprivileged_userns_clone)" != 1 ]; then
+    say "enabling unprivileged user namespaces"
+    sysctl -qw kernel.unprivileged_userns_clone=1
+fi
+if [ "$(cat /proc/sys/user/max_user_namespaces)" = 0 ]; then
+    say "raising user.max_user_namespaces"
+    sysctl -qw user.max_user_namespaces=28633
+fi
+if [ -e /proc/sys/kernel/apparmor_restrict_unprivileged_userns ] && [ "$(cat /proc/sys/kernel/apparmor_restrict_unprivileged_userns)" = 1 ]; then
+    say "allowing unprivileged user namespaces under AppArmor (Ubuntu >= 23.10)"
+    sysctl -qw kernel.apparmor_restrict_unprivileged_userns=0
+fi
+if [ -e /proc/sys/kernel/yama/ptrace_scope ] && [ "$(cat /proc/sys/kernel/yama/ptrace_scope)" = 3 ]; then
+    die "kernel.yama.ptrace_scope=3 forbids pidfd_getfd, which netaccel needs; it can only be lowered by a reboot"
+fi
+
+user=${U7S_TEST_USER:-u7s-test}
+if ! id "$user" >/dev/null 2>&1; then
+    say "creating test user $user"
+    useradd --create-home --shell /bin/bash "$user"
+fi
+if ! grep -q "^$user:" /etc/subuid; then
+    say "giving $user subordinate uids"
+    usermod --add-subuids 100000-165535 "$user"
+fi
+if ! grep -q "^$user:" /etc/subgid; then
+    say "giving $user subordinate gids"
+    usermod --add-subgids 100000-165535 "$user"
+fi
+
+command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs), then run me again"
+say "host ready (test user: $user)"
