@@ -43,7 +43,9 @@ impl HostFacts {
         let read = |p: &str| std::fs::read_to_string(p).ok();
         let num = |p: &str| read(p).and_then(|s| s.trim().parse().ok());
         // /proc/self is owned by the process's effective uid.
-        let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).ok();
+        let uid = std::fs::metadata("/proc/self")
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+            .ok();
         let user = uid.and_then(user_name).unwrap_or_default();
         Self {
             kernel_release: read("/proc/sys/kernel/osrelease")
@@ -60,6 +62,103 @@ impl HostFacts {
             subgid_lines: read("/etc/subgid").unwrap_or_default(),
             yama_ptrace_scope: num("/proc/sys/kernel/yama/ptrace_scope"),
             is_root: uid == Some(0),
+        }
+    }
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_owned())
+    })
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| Path::new(&d).join(tool).is_file()))
+        .unwrap_or(false)
+}
+
+/// Parses "6.1.0-18-amd64" into (6, 1).
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+fn has_range(lines: &str, user: &str) -> bool {
+    lines.lines().any(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        f.len() == 3 && f[0] == user && f[2].parse::<u64>().is_ok_and(|n| n >= 65536)
+    })
+}
+
+pub fn evaluate(f: &HostFacts) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut push = |check, ok, severity, detail: String| {
+        out.push(Finding {
+            check,
+            ok,
+            severity,
+            detail,
+        })
+    };
+    match kernel_version(&f.kernel_release) {
+        Some(v) if v >= (5, 14) => push("kernel", true, Severity::Blocking, f.kernel_release.clone()),
+        _ => push(
+            "kernel",
+            false,
+            Severity::Blocking,
+            format!(
+                "{:?}: Linux >= 5.14 is needed (seccomp ADDFD, pidfd_getfd)",
+                f.kernel_release
+            ),
+        ),
+    }
+    for (tool, found) in &f.tools {
+        let detail = if *found {
+            "found".into()
+        } else {
+            format!("{tool} not found: {FIX}")
+        };
+        push("tool", *found, Severity::Blocking, format!("{tool}: {detail}"));
+    }
+    match f.tun_mode {
+        Some(m) if m & 0o006 == 0o006 => {
+            push("/dev/net/tun", true, Severity::Blocking, format!("mode {m:o}"))
+        }
+        Some(m) => push(
+            "/dev/net/tun",
+            false,
+            Severity::Blocking,
+            format!("mode {m:o}, users cannot open it: {FIX}"),
+        ),
+        None => push(
+            "/dev/net/tun",
+            false,
+            Severity::Blocking,
+            format!("missing: {FIX}"),
+        ),
+    }
+    let userns = f.max_user_namespaces.is_some_and(|n| n > 0);
+    push(
+        "user namespaces",
+        userns,
+        Severity::Blocking,
+        if userns {
+            "enabled".into()
+        } else {
+            format!("disabled (user.max_user_namespaces): {FIX}")
+        },
+    );
+    if !f.is_root {
+        let ids = has_range(&f.subuid_lines, &f.user) && has_range(&f.subgid_lines, &f.user);
+        push(
+            "subuid/subgid",
+            ids,
+            Severity::Blocking,
+            if ids {
+                format!("{} has 65536 ids or more", f.user)
             } else {
                 format!("{} needs 65536 subordinate ids: usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {}", f.user, f.user)
             },
