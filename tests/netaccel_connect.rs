@@ -97,6 +97,7 @@ fn connection_to_a_host_side_server_is_bypassed_with_data_intact() {
     // labnet connects with a non-blocking connect + poll (connect_timeout).
     let r = labnet_in(&s, &d, &[], &["connect", &addr, "--bytes", "4000000"]);
     assert_eq!(r["echo_intact"], true, "{r}");
+    assert_eq!(r["peer"], addr.as_str(), "getpeername shows the destination: {r}");
     // The container's socket is a host socket: its local address is the host's.
     assert_eq!(
         r["local"].as_str().unwrap_or_default().split(':').next(),
@@ -428,7 +429,16 @@ fn a_container_killed_during_a_pending_connect_leaves_the_daemon_serving() {
     };
     let stuck = Container::start(&s.lab, config, &["/lab/labnet", "connect", "--blocking", &slow])
         .expect("container");
-    std::thread::sleep(Duration::from_millis(700));
+    let (_server, addr) = peer_echo(&s, 7712);
+    // Another container is served while that connect is pending.
+    let r = labnet_in(&s, &d, &[], &["connect", &addr]);
+    assert_eq!(r["echo_intact"], true, "{r}");
+    assert_eq!(d.bypassed_to(&addr), 1);
+    assert!(
+        !d.log_text().contains("caller gone"),
+        "the stuck connect ended early:\n{}",
+        d.log_text()
+    );
     drop(stuck); // runc delete --force: SIGKILL while the notification is pending
     rootless_lab::wait_for("the daemon to notice", Duration::from_secs(10), || {
         d.log_text()
@@ -437,8 +447,90 @@ fn a_container_killed_during_a_pending_connect_leaves_the_daemon_serving() {
     })
     .unwrap_or_else(|e| panic!("{e}; daemon log:\n{}", d.log_text()));
     assert!(d.alive(), "daemon died:\n{}", d.log_text());
-    let (_server, addr) = peer_echo(&s, 7712);
     let r = labnet_in(&s, &d, &[], &["connect", &addr]);
     assert_eq!(r["echo_intact"], true, "{r}");
-    assert_eq!(d.bypassed_to(&addr), 1);
+    assert_eq!(d.bypassed_to(&addr), 2);
+}
+
+#[test]
+fn socket_options_and_fd_flags_survive_the_swap() {
+    let Some(s) = setup("socket_options_and_fd_flags_survive_the_swap") else {
+        return;
+    };
+    let d = daemon(&s.lab, &[]);
+    let (_server, addr) = peer_echo(&s, 7713);
+    // The same program on the host, without netaccel, is the reference.
+    let host =
+        rootless_lab::run(s.lab.user_command(&s.labnet_host).args(["sockopts", &addr])).expect("host run");
+    let mut host = json_line(&host);
+    let mut contained = labnet_in(&s, &d, &[], &["sockopts", &addr]);
+    // Both sockets were bypassed, so they carry the host's address.
+    assert_eq!(contained["a_local"], s.peer.host_addr.to_string(), "{contained}");
+    assert_eq!(contained["b_local"], s.peer.host_addr.to_string(), "{contained}");
+    assert_eq!(contained["b_connect_errno"], libc::EINPROGRESS, "{contained}");
+    assert_eq!(d.bypassed_to(&addr), 2, "daemon log:\n{}", d.log_text());
+    for v in [&mut host, &mut contained] {
+        let o = v.as_object_mut().expect("object");
+        o.remove("a_local");
+        o.remove("b_local");
+    }
+    assert_eq!(contained, host, "options or fd flags differ after the swap");
+}
+
+#[test]
+fn ipv6_connections_are_bypassed() {
+    let Some(s) = setup("ipv6_connections_are_bypassed") else {
+        return;
+    };
+    let Some(addr6) = s.peer.addr6 else {
+        rootless_lab::prereq::skip_or_fail("ipv6_connections_are_bypassed", "this machine has no IPv6");
+        return;
+    };
+    let d = daemon(&s.lab, &[]);
+    let labnet = s.labnet_host.to_str().expect("path");
+    let mut server = s
+        .peer
+        .spawn(labnet, &["serve", &format!("[{addr6}]:7714")])
+        .expect("v6 server");
+    let addr = listening(&mut server).expect("listening");
+    let r = labnet_in(&s, &d, &[], &["connect", &addr]);
+    assert_eq!(r["echo_intact"], true, "{r}");
+    assert_eq!(r["peer"], addr.as_str(), "{r}");
+    let host_side = format!("[{}", addr6.to_string().trim_end_matches('2'));
+    assert!(
+        r["local"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(&format!("{host_side}1]")),
+        "{r}"
+    );
+    assert_eq!(d.bypassed_to(&addr), 1, "daemon log:\n{}", d.log_text());
+}
+
+#[test]
+fn an_address_added_in_the_container_joins_its_ignore_list() {
+    let Some(s) = setup("an_address_added_in_the_container_joins_its_ignore_list") else {
+        return;
+    };
+    let d = daemon(&s.lab, &[]);
+    let (_server, addr) = peer_echo(&s, 7715);
+    // The container puts the peer's /30 on its own interface; from then on
+    // that subnet is its own and must keep the container's path (where
+    // nothing answers, so the connect times out).
+    let script = format!(
+        "ip addr add {}/30 dev tap0 && sleep 0.3 && /lab/labnet connect --timeout-ms 1000 {addr}",
+        s.peer.host_addr
+    );
+    let out = run_accelerated(&s.lab, &d, &[], &["sh", "-c", &script]);
+    let r = json_line(&out.stdout);
+    assert!(
+        r["error"].is_string(),
+        "connected although the subnet is the container's own: {r}"
+    );
+    assert_eq!(d.bypassed_to(&addr), 0, "daemon log:\n{}", d.log_text());
+    assert!(
+        d.log_text().contains(&s.peer.subnet),
+        "refresh not logged:\n{}",
+        d.log_text()
+    );
 }

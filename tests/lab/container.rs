@@ -4,7 +4,8 @@
 //! read-only (busybox, iperf3, util-linux come from there) and the lab's
 //! binaries at `/lab`. The container has its own user, mount, pid, ipc, uts and
 //! network namespaces; slirp4netns gives it `tap0` (10.0.2.100/24, gateway
-//! 10.0.2.2 = host loopback). Its process writes its exit code to `/out/exit`.
+//! 10.0.2.2 = host loopback; IPv6 fd00::100/64). Its process writes its exit
+//! code to `/out/exit`.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -161,7 +162,7 @@ impl<'a> Container<'a> {
         container.pid = std::fs::read_to_string(&pid_file)?.trim().parse()?;
         container.slirp = Some(
             lab.user_command("slirp4netns")
-                .args(["--configure", &format!("--mtu={}", config.mtu)])
+                .args(["--configure", "--enable-ipv6", &format!("--mtu={}", config.mtu)])
                 .arg(container.pid.to_string())
                 .arg("tap0")
                 .stdin(Stdio::null())

@@ -2,7 +2,7 @@
 //! pair. Servers run there, so every test connection stays on this machine
 //! and reaches a non-loopback address (loopback is never bypassed).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -19,6 +19,9 @@ pub struct PeerHost {
     pub host_addr: Ipv4Addr,
     /// The /30 joining host and peer.
     pub subnet: String,
+    /// The peer's IPv6 address (host side `::1` of the same /64), when the
+    /// machine has IPv6.
+    pub addr6: Option<Ipv6Addr>,
 }
 
 impl PeerHost {
@@ -33,11 +36,14 @@ impl PeerHost {
         let addr = Ipv4Addr::new(10, 213, third, fourth + 2);
         let host_if = format!("u7h{slot}");
         let peer_if = format!("u7p{slot}");
+        let has_v6 = std::path::Path::new("/proc/net/if_inet6").exists();
+        let v6 = |last: u16| Ipv6Addr::new(0xfd7a, 0x213, third.into(), fourth.into(), 0, 0, 0, last);
         let peer = PeerHost {
             netns: netns.clone(),
             addr,
             host_addr,
-            subnet: format!("{host_addr}/30"),
+            subnet: format!("{}/30", Ipv4Addr::new(10, 213, third, fourth)),
+            addr6: has_v6.then(|| v6(2)),
         };
         run(Command::new("ip").args(["netns", "add", &netns]))?;
         let steps: Vec<Vec<String>> = vec![
@@ -66,6 +72,29 @@ impl PeerHost {
         ];
         for s in steps {
             run(Command::new("ip").args(&s)).context("configuring the peer link")?;
+        }
+        if let Some(addr6) = peer.addr6 {
+            // nodad: usable at once instead of after duplicate detection.
+            run(Command::new("ip").args([
+                "-6",
+                "addr",
+                "add",
+                &format!("{}/64", v6(1)),
+                "dev",
+                &host_if,
+                "nodad",
+            ]))?;
+            run(Command::new("ip").args([
+                "-n",
+                &netns,
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr6}/64"),
+                "dev",
+                &peer_if,
+                "nodad",
+            ]))?;
         }
         for s in [
             vec![

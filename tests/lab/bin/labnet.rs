@@ -39,7 +39,13 @@ enum Cmd {
         /// Use a blocking connect(2) (default: non-blocking connect + poll).
         #[arg(long)]
         blocking: bool,
+        /// Connect timeout of the non-blocking connect.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
     },
+    /// Sets socket options and fd flags, connects, and prints what the
+    /// connected socket reports afterwards.
+    Sockopts { dst: SocketAddr },
     /// Two threads: one connects to SLOW (hangs), then the other to FAST;
     /// prints how long FAST took while SLOW was still pending.
     Threads { slow: SocketAddrV4, fast: SocketAddrV4 },
@@ -63,7 +69,13 @@ fn main() {
     let result = match cli.cmd {
         Cmd::Serve { listen, count } => serve(listen, count),
         Cmd::Blackhole { listen } => blackhole(listen),
-        Cmd::Connect { dst, bytes, blocking } => connect(dst, bytes, blocking),
+        Cmd::Connect {
+            dst,
+            bytes,
+            blocking,
+            timeout_ms,
+        } => connect(dst, bytes, blocking, Duration::from_millis(timeout_ms)),
+        Cmd::Sockopts { dst } => sockopts(dst),
         Cmd::Threads { slow, fast } => threads(slow, fast),
         Cmd::Race {
             good,
@@ -144,11 +156,11 @@ fn pattern(len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn connect(dst: SocketAddr, bytes: usize, blocking: bool) -> Result<()> {
+fn connect(dst: SocketAddr, bytes: usize, blocking: bool, timeout: Duration) -> Result<()> {
     let mut conn = if blocking {
         TcpStream::connect(dst)
     } else {
-        TcpStream::connect_timeout(&dst, Duration::from_secs(10))
+        TcpStream::connect_timeout(&dst, timeout)
     }
     .with_context(|| format!("connect {dst}"))?;
     let local = conn.local_addr()?;
@@ -386,5 +398,55 @@ fn bad_args(dst: SocketAddrV4) -> Result<()> {
         raw_connect_errno(fresh.as_raw_fd(), good_ptr, in_len).into(),
     );
     println!("{}", serde_json::Value::Object(r));
+    Ok(())
+}
+
+fn sockopts(dst: SocketAddr) -> Result<()> {
+    use rustix::fs::{fcntl_getfl, OFlags};
+    use rustix::io::{fcntl_getfd, FdFlags};
+    use rustix::net::{sockopt as so, AddressFamily, SocketFlags, SocketType};
+    let family = if dst.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    // Blocking, close-on-exec, with options set before connect.
+    let a = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+    so::set_tcp_nodelay(&a, true)?;
+    so::set_socket_keepalive(&a, true)?;
+    so::set_tcp_keepidle(&a, Duration::from_secs(77))?;
+    so::set_socket_send_buffer_size(&a, 300_000)?;
+    so::set_socket_linger(&a, Some(Duration::from_secs(3)))?;
+    rustix::net::connect(&a, &dst)?;
+    // Non-blocking, inheritable.
+    let b = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::NONBLOCK, None)?;
+    let b_connect = match rustix::net::connect(&b, &dst) {
+        Ok(()) => 0,
+        Err(e) => e.raw_os_error(),
+    };
+    let local = |fd: &std::os::fd::OwnedFd| {
+        rustix::net::getsockname(fd)
+            .ok()
+            .and_then(|a| SocketAddr::try_from(a).ok())
+            .map(|a| a.ip().to_string())
+    };
+    println!(
+        "{}",
+        json!({
+            "a_local": local(&a),
+            "a_peer": rustix::net::getpeername(&a)?.and_then(|p| SocketAddr::try_from(p).ok()).map(|p| p.to_string()),
+            "nodelay": so::tcp_nodelay(&a)?,
+            "keepalive": so::socket_keepalive(&a)?,
+            "keepidle_s": so::tcp_keepidle(&a)?.as_secs(),
+            "sndbuf": so::socket_send_buffer_size(&a)?,
+            "linger_s": so::socket_linger(&a)?.map(|d| d.as_secs()),
+            "a_cloexec": fcntl_getfd(&a)?.contains(FdFlags::CLOEXEC),
+            "a_nonblocking": fcntl_getfl(&a)?.contains(OFlags::NONBLOCK),
+            "b_connect_errno": b_connect,
+            "b_local": local(&b),
+            "b_cloexec": fcntl_getfd(&b)?.contains(FdFlags::CLOEXEC),
+            "b_nonblocking": fcntl_getfl(&b)?.contains(OFlags::NONBLOCK),
+        })
+    );
     Ok(())
 }
