@@ -1,159 +1,160 @@
-//! netbench: TCP throughput of a rootless container to a server outside it,
-//! through slirp4netns and through netaccel, beside the host's own figure,
-//! all measured in one run on real components (see `rootless-lab`).
+//! netbench: the system benchmark. Rootless containers behind slirp4netns,
+//! pasta and netaccel, against the host itself, measured side by side in one
+//! run on real components (see `rootless-lab`): throughput both ways with 1
+//! and 4 streams, short-connection rate with connect latency, and
+//! request/response latency. Paths are interleaved round by round so drift on
+//! a shared machine hits all of them; ratios come from the same run.
 //!
 //! Run as root (it creates a peer host and drops to the test user for every
 //! rootless part): `cargo build --release --workspace --bins && target/release/netbench`.
 
+mod paths;
+mod plot;
+mod probes;
+mod report;
+
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use rootless_lab::{prereq, run, workspace_bin, Container, ContainerConfig, DaemonProcess, Lab, PeerHost};
-use serde_json::{json, Value};
+use rootless_lab::container::UserNet;
+use rootless_lab::peer::Server;
+use rootless_lab::{prereq, workspace_bin, DaemonProcess, Lab, PeerHost};
+use serde_json::json;
+
+use paths::NetPath;
+use probes::{measure_all, Metric, ProbeSettings, Servers};
+use report::PathSamples;
 
 #[derive(Parser)]
-#[command(about = "Container TCP throughput: slirp4netns vs netaccel vs host, one run, as ratios")]
+#[command(about = "Rootless container networking: slirp4netns, pasta and netaccel against the host, in one run")]
 struct Cli {
-    /// Seconds per iperf3 measurement.
-    #[arg(long, default_value_t = 5)]
+    /// Seconds per throughput and connection-rate measurement.
+    #[arg(long, default_value_t = 3)]
     seconds: u32,
-    /// Measurements per path; the table shows the median and the range.
+    /// Rounds; the table shows the median and the range of the rounds.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
-    /// Also write every sample as JSON to this file.
-    #[arg(long)]
-    json: Option<std::path::PathBuf>,
+    /// Round trips per request/response measurement.
+    #[arg(long, default_value_t = 5000)]
+    pingpong_count: usize,
+    /// Directory for netbench.md, netbench.json (every sample) and netbench.svg.
+    #[arg(long, default_value = "target/netbench")]
+    out: PathBuf,
 }
 
-const PORT: u16 = 5201;
-
-struct Path {
-    name: &'static str,
-    samples: Vec<f64>,
-}
-
-impl Path {
-    fn median(&self) -> f64 {
-        let mut s = self.samples.clone();
-        s.sort_by(f64::total_cmp);
-        s[s.len() / 2]
-    }
-    fn range(&self) -> (f64, f64) {
-        let min = self.samples.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = self.samples.iter().copied().fold(0.0, f64::max);
-        (min, max)
-    }
-}
+const IPERF_PORT: u16 = 5201;
+const ECHO_PORT: u16 = 7801;
+const ACCEPT_PORT: u16 = 7802;
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    anyhow::ensure!(
-        cli.repeat >= 1 && cli.seconds >= 1,
-        "--repeat and --seconds must be at least 1"
-    );
+    anyhow::ensure!(cli.repeat >= 1 && cli.seconds >= 1, "--repeat and --seconds must be at least 1");
     prereq::check_lab().map_err(|m| anyhow::anyhow!("{m}: run init-host/init-host.root.sh as root first"))?;
-    let Some(lab) = Lab::new_or_skip("netbench") else {
-        bail!("lab prerequisites missing")
-    };
-    let netaccel = workspace_bin("netaccel")?;
+    let Some(lab) = Lab::new_or_skip("netbench") else { bail!("lab prerequisites missing") };
+    let labnet = lab.install_bin(&workspace_bin("labnet")?)?;
+    let labnet = labnet.to_str().context("lab path is not UTF-8")?;
     let peer = PeerHost::create()?;
-    let server_addr = peer.addr.to_string();
-    let _server = peer.spawn("iperf3", &["-s", "-B", &server_addr, "-p", &PORT.to_string()])?;
-    std::thread::sleep(Duration::from_millis(300));
-    let daemon = DaemonProcess::start(&lab, &netaccel, &[])?;
-    let accel_profile = daemon.profile(&lab, &[])?;
-    let seconds = cli.seconds.to_string();
-    let iperf = ["iperf3", "-c", &server_addr, "-p", "5201", "-t", &seconds, "-J"];
+    let at = |port: u16| format!("{}:{port}", peer.addr);
+    let _iperf = peer.spawn("iperf3", &["-s", "-B", &peer.addr.to_string(), "-p", &IPERF_PORT.to_string()])?;
+    let _echo = ready(peer.spawn(labnet, &["serve", &at(ECHO_PORT)])?)?;
+    let _accept = ready(peer.spawn(labnet, &["accept-close", &at(ACCEPT_PORT)])?)?;
+    let servers = Servers { iperf: at(IPERF_PORT), echo: at(ECHO_PORT), accept_close: at(ACCEPT_PORT) };
+    // Info level: no per-connection log line in the measured path.
+    let daemon = DaemonProcess::start_logging(&lab, &workspace_bin("netaccel")?, "info", &[])?;
+    let settings = ProbeSettings { seconds: cli.seconds, pingpong_count: cli.pingpong_count };
 
+    let mut notes = Vec::new();
     let mut paths = vec![
-        Path {
-            name: "host (no container)",
-            samples: vec![],
-        },
-        Path {
-            name: "container, slirp4netns (MTU 65520)",
-            samples: vec![],
-        },
-        Path {
-            name: "container, netaccel",
-            samples: vec![],
-        },
+        NetPath::Host,
+        NetPath::Container { net: UserNet::Slirp4netns { mtu: 1500 } },
+        NetPath::Container { net: UserNet::Slirp4netns { mtu: 65520 } },
     ];
-    // Interleave the paths so drift on a shared machine hits all of them.
-    for round in 0..cli.repeat {
-        eprintln!(
-            "round {}/{}: host, slirp4netns, netaccel ({} s each)",
-            round + 1,
-            cli.repeat,
-            cli.seconds
-        );
-        let host = run(lab.user_command("iperf3").args(&iperf[1..]))?;
-        paths[0].samples.push(gbits(&host)?);
-        let slirp = container_iperf(&lab, ContainerConfig::default(), &iperf, cli.seconds)?;
-        paths[1].samples.push(slirp);
-        let accel = ContainerConfig {
-            seccomp: Some(accel_profile.clone()),
-            ..Default::default()
-        };
-        paths[2]
-            .samples
-            .push(container_iperf(&lab, accel, &iperf, cli.seconds)?);
+    let pasta = NetPath::Container { net: UserNet::Pasta { mtu: 65520 } };
+    match pasta.run(&lab, &["true"], Duration::from_secs(30)) {
+        Ok(_) => paths.push(pasta),
+        Err(e) => notes.push(format!("pasta left out: {e:#}")),
     }
-    let bypassed = daemon.bypassed_to(&format!("{server_addr}:{PORT}"));
-    if bypassed < 2 * cli.repeat {
-        bail!(
-            "netaccel did not bypass the iperf3 connections ({bypassed} logged):\n{}",
-            daemon.log_text()
-        );
-    }
-    for p in &paths {
-        if p.samples.iter().any(|s| *s <= 0.0) {
-            bail!("{}: zero throughput, the path is broken", p.name);
+    paths.push(NetPath::Netaccel { profile: daemon.profile(&lab, &[])? });
+
+    let mut results: Vec<PathSamples> =
+        paths.iter().map(|p| PathSamples { name: p.name(), ..Default::default() }).collect();
+    for round in 1..=cli.repeat {
+        for (path, result) in paths.iter().zip(results.iter_mut()) {
+            eprintln!("round {round}/{}: {}", cli.repeat, path.name());
+            for (metric, value) in measure_all(&lab, path, &servers, &settings)? {
+                result.samples.entry(metric).or_default().push(value);
+            }
         }
     }
 
-    println!("\nTCP throughput to a server in a peer network namespace, one iperf3 stream, {} s x {} (median, min-max):\n", cli.seconds, cli.repeat);
-    println!("| path | Gbit/s | min-max |");
-    println!("|---|---:|---:|");
-    for p in &paths {
-        let (min, max) = p.range();
-        println!("| {} | {:.2} | {:.2}-{:.2} |", p.name, p.median(), min, max);
-    }
-    let (host, slirp, accel) = (paths[0].median(), paths[1].median(), paths[2].median());
-    println!(
-        "\nnetaccel / slirp4netns = {:.1}x, netaccel / host = {:.0}%",
-        accel / slirp,
-        100.0 * accel / host
-    );
+    check_paths_work(&results)?;
+    let bypassed = daemon.bypassed_by_exited_containers();
+    anyhow::ensure!(bypassed > 0, "netaccel bypassed nothing; daemon log:\n{}", daemon.log_text());
 
-    if let Some(path) = cli.json {
-        let doc = json!({
-            "seconds": cli.seconds,
-            "paths": paths.iter().map(|p| json!({"name": p.name, "gbit_per_s": p.samples})).collect::<Vec<_>>(),
-            "ratios": {"netaccel_over_slirp4netns": accel / slirp, "netaccel_over_host": accel / host},
-        });
-        std::fs::write(&path, serde_json::to_vec_pretty(&doc)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+    let find = |name: &str| results.iter().find(|p| p.name == name).context("missing path");
+    let (host, slirp, accel) = (find("host")?, find("slirp4netns 65520")?, find("netaccel")?);
+    let table = report::markdown(&results, accel, host, slirp);
+    let targets = targets(host, slirp, accel);
+    println!(
+        "\nRootless container networking, {} round(s), {} s per measurement; median (min–max):\n",
+        cli.repeat, cli.seconds
+    );
+    println!("{table}");
+    for n in &notes {
+        println!("note: {n}");
+    }
+    println!("\nTargets (issue: netbench):\n{targets}");
+
+    std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
+    std::fs::write(cli.out.join("netbench.md"), format!("{table}\n{targets}"))?;
+    let config = json!({"seconds": cli.seconds, "repeat": cli.repeat, "pingpong_count": cli.pingpong_count,
+                        "netaccel_connections_logged": bypassed});
+    let doc = report::json_report(&results, config, &notes);
+    std::fs::write(cli.out.join("netbench.json"), serde_json::to_vec_pretty(&doc)?)?;
+    plot::write_svg(&cli.out.join("netbench.svg"), &results)?;
+    eprintln!("wrote {}/netbench.{{md,json,svg}}", cli.out.display());
+    Ok(())
+}
+
+/// Waits for a labnet server's `{"listening": …}` line.
+fn ready(mut server: Server) -> Result<Server> {
+    let out = server.child.stdout.as_mut().context("server stdout")?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)?;
+    anyhow::ensure!(line.contains("listening"), "server did not start: {line:?}");
+    Ok(server)
+}
+
+/// A benchmark run, not a timed test: it fails only when a path is broken.
+fn check_paths_work(results: &[PathSamples]) -> Result<()> {
+    for p in results {
+        for m in Metric::ALL {
+            let broken = p.samples.get(&m).is_none_or(|s| s.iter().any(|v| !v.is_finite() || *v <= 0.0));
+            if broken {
+                bail!("{}: {} is zero or missing, the path is broken", p.name, m.label());
+            }
+        }
     }
     Ok(())
 }
 
-fn container_iperf(lab: &Lab, config: ContainerConfig, iperf: &[&str], seconds: u32) -> Result<f64> {
-    let out = Container::run(lab, config, iperf, Duration::from_secs(u64::from(seconds) + 30))?;
-    anyhow::ensure!(
-        out.ok(),
-        "iperf3 in the container failed: {}{}",
-        out.stdout,
-        out.stderr
-    );
-    gbits(&out.stdout)
-}
-
-fn gbits(iperf_json: &str) -> Result<f64> {
-    let v: Value = serde_json::from_str(iperf_json).context("iperf3 did not print JSON")?;
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .map(|b| b / 1e9)
-        .with_context(|| format!("no throughput in iperf3 output: {}", v["error"]))
+fn targets(host: &PathSamples, slirp: &PathSamples, accel: &PathSamples) -> String {
+    let r = |a: &PathSamples, b: &PathSamples, m| report::ratio(a, b, m).unwrap_or(f64::NAN);
+    let med = |p: &PathSamples, m| p.summary(m).map(|s| s.median).unwrap_or(f64::NAN);
+    let line = |ok: bool, text: String| format!("- [{}] {text}\n", if ok { "met" } else { "MISSED" });
+    let up_host = r(accel, host, Metric::Up1);
+    let up_slirp = r(accel, slirp, Metric::Up1);
+    let rate_host = r(accel, host, Metric::ConnRate);
+    let rate_slirp = r(accel, slirp, Metric::ConnRate);
+    let added = med(accel, Metric::ConnectP50) - med(host, Metric::ConnectP50);
+    [
+        line(up_host >= 0.9, format!("container → peer throughput: netaccel / host = {:.0}% (target ≥ 90%)", up_host * 100.0)),
+        line(up_slirp >= 6.0, format!("container → peer throughput: netaccel / slirp4netns 65520 = {up_slirp:.1}x (target ≥ 6x)")),
+        line(rate_host >= 0.5, format!("connections/s: netaccel / host = {:.0}% (target ≥ 50%)", rate_host * 100.0)),
+        line(rate_slirp > 1.0, format!("connections/s: netaccel / slirp4netns 65520 = {rate_slirp:.2}x (target > 1x)")),
+        line(added <= 30.0, format!("connect latency added by netaccel (p50): {added:.1} µs (target ≤ 30 µs)")),
+    ]
+    .concat()
 }

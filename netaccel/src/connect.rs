@@ -322,37 +322,56 @@ async fn wait_connected(
     host: OwnedFd,
     timeout: Option<Duration>,
 ) -> io::Result<Waited> {
-    // SAFETY: `host` is an OwnedFd: its fd stays open and unchanged until
-    // into_inner hands it back or the AsyncFd drops it.
-    let afd = unsafe { AsyncFd::register_with_interest(host, tokio::io::Interest::WRITABLE) }
-        .map_err(|e| e.into_parts().1)?;
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    let mut check = tokio::time::interval(CALLER_CHECK_INTERVAL);
-    check.tick().await;
-    loop {
-        let sleep_until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
-        tokio::select! {
-            guard = afd.writable() => {
-                let mut guard = guard?;
-                guard.clear_ready();
-                break;
-            }
-            _ = check.tick() => {
-                if !notify.id_valid(id) {
-                    return Ok(Waited::CallerGone);
+    // A local handshake has usually finished by now: a zero-timeout poll
+    // costs one syscall, the reactor path a registration and a wake-up.
+    if !writable_now(&host) {
+        // SAFETY: `host` is an OwnedFd: its fd stays open and unchanged until
+        // into_inner hands it back or the AsyncFd drops it.
+        let afd = unsafe { AsyncFd::register_with_interest(host, tokio::io::Interest::WRITABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        let start = tokio::time::Instant::now();
+        let deadline = timeout.map(|t| start + t);
+        // Not `interval()`: its immediate first tick is a timer at "now",
+        // which tokio's 1 ms wheel only fires on its next tick.
+        let mut check = tokio::time::interval_at(start + CALLER_CHECK_INTERVAL, CALLER_CHECK_INTERVAL);
+        let far = start + Duration::from_secs(365 * 24 * 3600);
+        loop {
+            tokio::select! {
+                guard = afd.writable() => {
+                    guard?.clear_ready();
+                    if writable_now(afd.get_ref()) {
+                        break;
+                    }
+                }
+                _ = check.tick() => {
+                    if !notify.id_valid(id) {
+                        return Ok(Waited::CallerGone);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
+                    return Ok(Waited::TimedOut(afd.into_inner()));
                 }
             }
-            _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() => {
-                return Ok(Waited::TimedOut(afd.into_inner()));
-            }
         }
+        return finished(afd.into_inner());
     }
-    let host = afd.into_inner();
+    finished(host)
+}
+
+fn finished(host: OwnedFd) -> io::Result<Waited> {
     let errno = match rustix::net::sockopt::socket_error(&host)? {
         Ok(()) => 0,
         Err(e) => e.raw_os_error(),
     };
     Ok(Waited::Done { host, errno })
+}
+
+/// True when a connecting socket has finished (connected or failed).
+fn writable_now(sock: &OwnedFd) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(sock, PollFlags::OUT)];
+    let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
+    matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
 }
 
 fn fail(ctx: &ConnectContext<'_>, n: &Notification, dst: SocketAddr, errno: i32) -> io::Result<Outcome> {

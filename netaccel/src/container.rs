@@ -5,6 +5,7 @@
 //! The loop ends when the kernel reports that no process uses the filter any
 //! more (POLLHUP), and everything it owns goes with it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::io::unix::AsyncFd;
@@ -41,6 +42,21 @@ pub struct Container {
     pub id: String,
     pub notify: NotifyFd,
     pub mode: Mode,
+    pub counters: Counters,
+}
+
+/// What happened to a container's connects, logged when it exits.
+#[derive(Debug, Default)]
+pub struct Counters {
+    bypassed: AtomicU64,
+    kept: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Container {
+    pub fn new(id: String, notify: NotifyFd, mode: Mode) -> Self {
+        Self { id, notify, mode, counters: Counters::default() }
+    }
 }
 
 impl Container {
@@ -82,7 +98,14 @@ impl Container {
                         }
                     },
                     Pending::Hangup => {
-                        tracing::info!(container = %id, "container exited; stopped serving it");
+                        let c = &container.counters;
+                        tracing::info!(
+                            container = %id,
+                            bypassed = c.bypassed.load(Ordering::Relaxed),
+                            kept = c.kept.load(Ordering::Relaxed),
+                            failed = c.failed.load(Ordering::Relaxed),
+                            "container exited; stopped serving it"
+                        );
                         return;
                     }
                     Pending::Nothing => {
@@ -121,6 +144,15 @@ impl Container {
                 .map(|_| Outcome::Kept(connect::Keep::NotApplicable)),
         };
         answer.disarm();
+        let counter = match &result {
+            Ok(Outcome::Bypassed { .. }) => Some(&self.counters.bypassed),
+            Ok(Outcome::Kept(_)) => Some(&self.counters.kept),
+            Ok(Outcome::Failed { .. }) => Some(&self.counters.failed),
+            _ => None,
+        };
+        if let Some(c) = counter {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
         match result {
             Ok(Outcome::Bypassed { dst, errno }) => {
                 tracing::debug!(container = %self.id, pid = n.pid, fd = n.args[0], %dst, errno, "connect bypassed to host socket")

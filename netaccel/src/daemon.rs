@@ -179,17 +179,11 @@ async fn register(stream: UnixStream, shared: Arc<Shared>) {
                 tracing::debug!(container = %id, error = %e, "synchronous wake-up unavailable (Linux < 6.6)");
             }
             tracing::info!(container = %id, pid = state.pid, "container registered");
-            Container { id, notify, mode }.serve().await;
+            Container::new(id, notify, mode).serve().await;
         }
         Err(why) => {
             tracing::error!(container = %id, pid = state.pid, reason = %why, "serving container without acceleration");
-            Container {
-                id,
-                notify,
-                mode: Mode::PassThrough,
-            }
-            .serve()
-            .await;
+            Container::new(id, notify, Mode::PassThrough).serve().await;
         }
     }
 }
@@ -215,12 +209,7 @@ fn pass_through_all(fds: Vec<NotifyFd>, why: &str) {
         "bad registration: its syscalls continue unaccelerated"
     );
     for notify in fds {
-        let c = Container {
-            id: "<unregistered>".into(),
-            notify,
-            mode: Mode::PassThrough,
-        };
-        tokio::spawn(c.serve());
+        tokio::spawn(Container::new("<unregistered>".into(), notify, Mode::PassThrough).serve());
     }
 }
 

@@ -1,4 +1,4 @@
-//! A rootless runc container with slirp4netns networking, as a user runs it.
+//! A rootless runc container with slirp4netns (or pasta) networking, as a user runs it.
 //!
 //! The root filesystem is a small directory with the host's `/usr` bind-mounted
 //! read-only (busybox, iperf3, util-linux come from there) and the lab's
@@ -24,19 +24,46 @@ pub const CONTAINER_ADDR: &str = "10.0.2.100";
 /// slirp4netns's gateway, which forwards to the host's loopback.
 pub const SLIRP_HOST_LOOPBACK: &str = "10.0.2.2";
 
+/// The user-mode network stack that connects the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserNet {
+    /// slirp4netns: tap0, 10.0.2.100/24, IPv6 fd00::100/64.
+    Slirp4netns { mtu: u32 },
+    /// pasta (passt): copies the host's addresses and routes.
+    Pasta { mtu: u32 },
+}
+
+impl UserNet {
+    fn command(self, lab: &Lab, pid: u32) -> Command {
+        match self {
+            UserNet::Slirp4netns { mtu } => {
+                let mut cmd = lab.user_command("slirp4netns");
+                cmd.args(["--configure", "--enable-ipv6", &format!("--mtu={mtu}")])
+                    .arg(pid.to_string())
+                    .arg("tap0");
+                cmd
+            }
+            UserNet::Pasta { mtu } => {
+                let mut cmd = lab.user_command("pasta");
+                cmd.args(["--config-net", "--foreground", "--quiet", "--mtu", &mtu.to_string()])
+                    .args(["-t", "none", "-u", "none", "-T", "none", "-U", "none"])
+                    .arg(pid.to_string());
+                cmd
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ContainerConfig {
     /// `linux.seccomp` to install (e.g. from `netaccel profile`).
     pub seccomp: Option<Value>,
-    pub mtu: u32,
+    pub net: UserNet,
 }
 
 impl Default for ContainerConfig {
     fn default() -> Self {
-        Self {
-            seccomp: None,
-            mtu: 65520,
-        }
+        Self { seccomp: None, net: UserNet::Slirp4netns { mtu: 65520 } }
     }
 }
 
@@ -47,7 +74,8 @@ pub struct Container<'a> {
     bundle: PathBuf,
     /// The container's init in the host pid namespace.
     pub pid: u32,
-    slirp: Option<Child>,
+    /// slirp4netns or pasta.
+    user_net: Option<Child>,
 }
 
 /// What a container's process left behind.
@@ -153,29 +181,28 @@ impl<'a> Container<'a> {
             runc_root,
             bundle: bundle.clone(),
             pid: 0,
-            slirp: None,
+            user_net: None,
         };
         if !created.success() {
             let log = std::fs::read_to_string(bundle.join("stderr")).unwrap_or_default();
             anyhow::bail!("runc create failed ({created}): {}", log.trim());
         }
         container.pid = std::fs::read_to_string(&pid_file)?.trim().parse()?;
-        container.slirp = Some(
-            lab.user_command("slirp4netns")
-                .args(["--configure", "--enable-ipv6", &format!("--mtu={}", config.mtu)])
-                .arg(container.pid.to_string())
-                .arg("tap0")
+        container.user_net = Some(
+            config
+                .net
+                .command(lab, container.pid)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .context("starting slirp4netns")?,
+                .with_context(|| format!("starting {:?}", config.net))?,
         );
         let route = format!("/proc/{}/net/route", container.pid);
-        wait_for("slirp4netns to configure tap0", Duration::from_secs(10), || {
+        wait_for("the user-mode network to configure a default route", Duration::from_secs(10), || {
             std::fs::read_to_string(&route)
                 .ok()
-                .filter(|r| r.lines().any(|l| l.starts_with("tap0\t00000000")))
+                .filter(|r| r.lines().skip(1).any(|l| l.split('\t').nth(1) == Some("00000000")))
         })?;
         run(container.runc().args(["start", &container.id]))?;
         Ok(container)
@@ -220,7 +247,7 @@ impl Drop for Container<'_> {
             .args(["delete", "--force", &self.id])
             .stderr(Stdio::null())
             .status();
-        if let Some(mut s) = self.slirp.take() {
+        if let Some(mut s) = self.user_net.take() {
             let _ = s.kill();
             let _ = s.wait();
         }

@@ -20,6 +20,11 @@ impl DaemonProcess {
     /// Starts `netaccel daemon --log-level debug` with `args` and waits until
     /// it listens.
     pub fn start(lab: &Lab, netaccel: &Path, args: &[&str]) -> Result<Self> {
+        Self::start_logging(lab, netaccel, "debug", args)
+    }
+
+    /// Like [`DaemonProcess::start`] with another log level.
+    pub fn start_logging(lab: &Lab, netaccel: &Path, log_level: &str, args: &[&str]) -> Result<Self> {
         let netaccel = lab.install_bin(netaccel)?;
         let socket = lab.runtime_dir().join("netaccel").join("netaccel.sock");
         let log = lab.path().join(format!(
@@ -34,7 +39,7 @@ impl DaemonProcess {
             .arg("daemon")
             .arg("--socket")
             .arg(&socket)
-            .args(["--log-level", "debug"])
+            .args(["--log-level", log_level])
             .args(args)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
@@ -79,6 +84,16 @@ impl DaemonProcess {
             .lines()
             .filter(|l| l.contains("connect bypassed to host socket") && l.contains(&format!("dst={dst}")))
             .count()
+    }
+
+    /// Connects bypassed by containers that have exited, from the daemon's
+    /// info-level summaries.
+    pub fn bypassed_by_exited_containers(&self) -> u64 {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains("container exited"))
+            .filter_map(|l| l.split("bypassed=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
     }
 
     /// True while the daemon process is running.

@@ -115,7 +115,7 @@ use std::os::unix::process::CommandExt;
 pub fn workspace_bin(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let mut dir = exe.parent().context("executable without a directory")?;
-    if dir.ends_with("deps") {
+    if dir.ends_with("deps") || dir.ends_with("examples") {
         dir = dir.parent().context("deps without a parent")?;
     }
     let bin = dir.join(name);

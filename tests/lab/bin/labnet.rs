@@ -46,6 +46,24 @@ enum Cmd {
     /// Sets socket options and fd flags, connects, and prints what the
     /// connected socket reports afterwards.
     Sockopts { dst: SocketAddr },
+    /// Server for `connrate`: accepts and closes connections, forever.
+    AcceptClose { listen: SocketAddr },
+    /// Opens and closes connections for SECONDS; prints the rate and the
+    /// connect(2) latency percentiles.
+    Connrate {
+        dst: SocketAddr,
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
+    /// Request/response over one connection: COUNT round trips of SIZE bytes
+    /// against an echo server; prints the latency percentiles.
+    Pingpong {
+        dst: SocketAddr,
+        #[arg(long, default_value_t = 5000)]
+        count: usize,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
     /// Two threads: one connects to SLOW (hangs), then the other to FAST;
     /// prints how long FAST took while SLOW was still pending.
     Threads { slow: SocketAddrV4, fast: SocketAddrV4 },
@@ -76,6 +94,9 @@ fn main() {
             timeout_ms,
         } => connect(dst, bytes, blocking, Duration::from_millis(timeout_ms)),
         Cmd::Sockopts { dst } => sockopts(dst),
+        Cmd::AcceptClose { listen } => accept_close(listen),
+        Cmd::Connrate { dst, seconds } => connrate(dst, Duration::from_secs_f64(seconds)),
+        Cmd::Pingpong { dst, count, size } => pingpong(dst, count, size),
         Cmd::Threads { slow, fast } => threads(slow, fast),
         Cmd::Race {
             good,
@@ -98,6 +119,7 @@ fn serve(listen: SocketAddr, count: u64) -> Result<()> {
     let mut served = 0;
     for conn in listener.incoming() {
         let mut conn = conn?;
+        conn.set_nodelay(true)?;
         let peer = conn.peer_addr()?;
         let mut buf = vec![0u8; 64 * 1024];
         let mut total = 0u64;
@@ -448,5 +470,68 @@ fn sockopts(dst: SocketAddr) -> Result<()> {
             "b_nonblocking": fcntl_getfl(&b)?.contains(OFlags::NONBLOCK),
         })
     );
+    Ok(())
+}
+
+fn accept_close(listen: SocketAddr) -> Result<()> {
+    let listener = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
+    println!("{}", json!({"listening": listener.local_addr()?.to_string()}));
+    std::io::stdout().flush()?;
+    for conn in listener.incoming() {
+        drop(conn);
+    }
+    Ok(())
+}
+
+/// Percentiles of latencies in microseconds.
+fn percentiles(mut us: Vec<f64>) -> serde_json::Value {
+    if us.is_empty() {
+        return json!({"p50_us": null, "p99_us": null});
+    }
+    us.sort_by(f64::total_cmp);
+    let at = |q: f64| us[((us.len() - 1) as f64 * q).round() as usize];
+    json!({"p50_us": at(0.50), "p99_us": at(0.99)})
+}
+
+fn connrate(dst: SocketAddr, duration: Duration) -> Result<()> {
+    let start = Instant::now();
+    let mut latencies = Vec::new();
+    let mut errors = 0u64;
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        match TcpStream::connect(dst) {
+            Ok(conn) => {
+                latencies.push(t.elapsed().as_secs_f64() * 1e6);
+                // RST on close: no TIME_WAIT, so ports are not exhausted.
+                rustix::net::sockopt::set_socket_linger(&conn, Some(Duration::ZERO))?;
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut out = percentiles(latencies.clone());
+    out["conns"] = json!(latencies.len());
+    out["per_s"] = json!(latencies.len() as f64 / elapsed);
+    out["errors"] = json!(errors);
+    println!("{out}");
+    Ok(())
+}
+
+fn pingpong(dst: SocketAddr, count: usize, size: usize) -> Result<()> {
+    let mut conn = TcpStream::connect(dst).with_context(|| format!("connect {dst}"))?;
+    conn.set_nodelay(true)?;
+    let msg = pattern(size);
+    let mut back = vec![0u8; size];
+    let mut latencies = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = Instant::now();
+        conn.write_all(&msg)?;
+        conn.read_exact(&mut back)?;
+        latencies.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    anyhow::ensure!(back == msg, "echo differs");
+    let mut out = percentiles(latencies);
+    out["count"] = json!(count);
+    println!("{out}");
     Ok(())
 }

@@ -1,0 +1,57 @@
+//! The network paths compared: the host itself, and a rootless container
+//! behind each user-mode stack, with or without netaccel.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rootless_lab::container::UserNet;
+use rootless_lab::{run, Container, ContainerConfig, Lab};
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum NetPath {
+    /// The same client run directly on the host: the limit.
+    Host,
+    /// A container behind a user-mode stack.
+    Container { net: UserNet },
+    /// A container behind slirp4netns (MTU 65520) with netaccel's profile.
+    Netaccel { profile: Value },
+}
+
+impl NetPath {
+    pub fn name(&self) -> String {
+        match self {
+            NetPath::Host => "host".into(),
+            NetPath::Container { net: UserNet::Slirp4netns { mtu } } => format!("slirp4netns {mtu}"),
+            NetPath::Container { net: UserNet::Pasta { mtu } } => format!("pasta {mtu}"),
+            NetPath::Netaccel { .. } => "netaccel".into(),
+        }
+    }
+
+    /// Runs a probe on this path and returns its stdout. `args[0]` is
+    /// `iperf3` or `labnet`.
+    pub fn run(&self, lab: &Lab, args: &[&str], timeout: Duration) -> Result<String> {
+        let config = match self {
+            NetPath::Host => {
+                let program = match args[0] {
+                    "labnet" => lab.bin_dir().join("labnet"),
+                    other => other.into(),
+                };
+                return run(lab.user_command(program).args(&args[1..]));
+            }
+            NetPath::Container { net } => ContainerConfig { seccomp: None, net: *net },
+            NetPath::Netaccel { profile } => ContainerConfig {
+                seccomp: Some(profile.clone()),
+                net: UserNet::Slirp4netns { mtu: 65520 },
+            },
+        };
+        let mut argv: Vec<&str> = args.to_vec();
+        if argv[0] == "labnet" {
+            argv[0] = "/lab/labnet";
+        }
+        let out = Container::run(lab, config, &argv, timeout)
+            .with_context(|| format!("{} on {}", args[0], self.name()))?;
+        anyhow::ensure!(out.ok(), "{} on {} failed: {}{}", args[0], self.name(), out.stdout, out.stderr);
+        Ok(out.stdout)
+    }
+}

@@ -1,0 +1,107 @@
+//! The SVG plot: throughput per direction and stream count, and the
+//! connection rate, one bar per path (medians).
+
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use plotters::prelude::*;
+
+use crate::probes::Metric;
+use crate::report::PathSamples;
+
+const THROUGHPUT: [(Metric, &str); 4] = [
+    (Metric::Up1, "up, 1 stream"),
+    (Metric::Up4, "up, 4 streams"),
+    (Metric::Down1, "down, 1 stream"),
+    (Metric::Down4, "down, 4 streams"),
+];
+
+fn median(p: &PathSamples, m: Metric) -> f64 {
+    p.summary(m).map(|s| s.median).unwrap_or(0.0)
+}
+
+pub fn write_svg(out: &Path, paths: &[PathSamples]) -> Result<()> {
+    let root = SVGBackend::new(out, (1300, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let (left, right) = root.split_horizontally(860);
+    let bar = 0.8 / paths.len().max(1) as f64;
+
+    let top = paths
+        .iter()
+        .flat_map(|p| THROUGHPUT.iter().map(move |(m, _)| median(p, *m)))
+        .fold(1.0, f64::max)
+        * 1.15;
+    let mut chart = ChartBuilder::on(&left)
+        .caption("TCP throughput, container ↔ peer (median)", ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0f64..THROUGHPUT.len() as f64, 0f64..top)
+        .map_err(|e| anyhow!("{e}"))?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(THROUGHPUT.len() * 2 + 1)
+        .x_label_formatter(&|x| {
+            let g = x - 0.5;
+            if (g - g.round()).abs() < 1e-6 && g >= 0.0 {
+                THROUGHPUT.get(g.round() as usize).map(|(_, l)| l.to_string()).unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("Gbit/s")
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    for (i, p) in paths.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(THROUGHPUT.iter().enumerate().map(|(g, (m, _))| {
+                let x0 = g as f64 + 0.1 + i as f64 * bar;
+                Rectangle::new([(x0, 0.0), (x0 + bar * 0.9, median(p, *m))], color.filled())
+            }))
+            .map_err(|e| anyhow!("{e}"))?
+            .label(p.name.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 12, y + 6)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+
+    let top = paths.iter().map(|p| median(p, Metric::ConnRate)).fold(1.0, f64::max) * 1.15;
+    let mut chart = ChartBuilder::on(&right)
+        .caption("short connections per second", ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..paths.len() as f64, 0f64..top)
+        .map_err(|e| anyhow!("{e}"))?;
+    let names: Vec<String> = paths.iter().map(|p| p.name.clone()).collect();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(paths.len() * 2 + 1)
+        .x_label_formatter(&|x| {
+            let g = x - 0.5;
+            if (g - g.round()).abs() < 1e-6 && g >= 0.0 {
+                names.get(g.round() as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("connections/s")
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    chart
+        .draw_series(paths.iter().enumerate().map(|(i, p)| {
+            let color = Palette99::pick(i).to_rgba();
+            Rectangle::new([(i as f64 + 0.15, 0.0), (i as f64 + 0.85, median(p, Metric::ConnRate))], color.filled())
+        }))
+        .map_err(|e| anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}

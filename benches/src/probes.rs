@@ -1,0 +1,151 @@
+//! What is measured on each path, and how each result is read.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::paths::NetPath;
+use rootless_lab::Lab;
+
+/// One number the benchmark reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Metric {
+    Up1,
+    Up4,
+    Down1,
+    Down4,
+    ConnRate,
+    ConnectP50,
+    ConnectP99,
+    RoundTripP50,
+    RoundTripP99,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 9] = [
+        Metric::Up1,
+        Metric::Up4,
+        Metric::Down1,
+        Metric::Down4,
+        Metric::ConnRate,
+        Metric::ConnectP50,
+        Metric::ConnectP99,
+        Metric::RoundTripP50,
+        Metric::RoundTripP99,
+    ];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Metric::Up1 => "container_to_peer_1_stream_gbit_s",
+            Metric::Up4 => "container_to_peer_4_streams_gbit_s",
+            Metric::Down1 => "peer_to_container_1_stream_gbit_s",
+            Metric::Down4 => "peer_to_container_4_streams_gbit_s",
+            Metric::ConnRate => "connections_per_s",
+            Metric::ConnectP50 => "connect_p50_us",
+            Metric::ConnectP99 => "connect_p99_us",
+            Metric::RoundTripP50 => "request_response_p50_us",
+            Metric::RoundTripP99 => "request_response_p99_us",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Metric::Up1 => "TCP container → peer, 1 stream (Gbit/s)",
+            Metric::Up4 => "TCP container → peer, 4 streams (Gbit/s)",
+            Metric::Down1 => "TCP peer → container, 1 stream (Gbit/s)",
+            Metric::Down4 => "TCP peer → container, 4 streams (Gbit/s)",
+            Metric::ConnRate => "short connections per second",
+            Metric::ConnectP50 => "connect latency p50 (µs)",
+            Metric::ConnectP99 => "connect latency p99 (µs)",
+            Metric::RoundTripP50 => "64-byte request/response p50 (µs)",
+            Metric::RoundTripP99 => "64-byte request/response p99 (µs)",
+        }
+    }
+}
+
+/// Where the servers listen in the peer host.
+pub struct Servers {
+    pub iperf: String,
+    pub echo: String,
+    pub accept_close: String,
+}
+
+pub struct ProbeSettings {
+    pub seconds: u32,
+    pub pingpong_count: usize,
+}
+
+/// Runs every probe once on `path`, returning one sample per metric.
+pub fn measure_all(
+    lab: &Lab,
+    path: &NetPath,
+    servers: &Servers,
+    settings: &ProbeSettings,
+) -> Result<Vec<(Metric, f64)>> {
+    let secs = settings.seconds.to_string();
+    let timeout = Duration::from_secs(u64::from(settings.seconds) + 60);
+    let (host, port) = servers.iperf.rsplit_once(':').context("iperf address")?;
+    let mut samples = Vec::new();
+    for (metric, reverse, streams) in [
+        (Metric::Up1, false, "1"),
+        (Metric::Up4, false, "4"),
+        (Metric::Down1, true, "1"),
+        (Metric::Down4, true, "4"),
+    ] {
+        let mut args = vec!["iperf3", "-c", host, "-p", port, "-t", &secs, "-P", streams, "-J"];
+        if reverse {
+            args.push("-R");
+        }
+        let out = path.run(lab, &args, timeout)?;
+        samples.push((metric, iperf_gbits(&out)?));
+    }
+    let out = path.run(lab, &["labnet", "connrate", &servers.accept_close, "--seconds", &secs], timeout)?;
+    let v = last_json(&out)?;
+    samples.push((Metric::ConnRate, number(&v, "per_s")?));
+    samples.push((Metric::ConnectP50, number(&v, "p50_us")?));
+    samples.push((Metric::ConnectP99, number(&v, "p99_us")?));
+    let count = settings.pingpong_count.to_string();
+    let out = path.run(lab, &["labnet", "pingpong", &servers.echo, "--count", &count], timeout)?;
+    let v = last_json(&out)?;
+    samples.push((Metric::RoundTripP50, number(&v, "p50_us")?));
+    samples.push((Metric::RoundTripP99, number(&v, "p99_us")?));
+    Ok(samples)
+}
+
+fn last_json(out: &str) -> Result<Value> {
+    let line = out.lines().last().context("probe printed nothing")?;
+    serde_json::from_str(line).with_context(|| format!("probe printed {line:?}"))
+}
+
+fn number(v: &Value, key: &str) -> Result<f64> {
+    v[key].as_f64().with_context(|| format!("no {key} in {v}"))
+}
+
+/// Received throughput of an iperf3 `-J` run, in Gbit/s.
+pub fn iperf_gbits(iperf_json: &str) -> Result<f64> {
+    let v: Value = serde_json::from_str(iperf_json).context("iperf3 did not print JSON")?;
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|b| b / 1e9)
+        .with_context(|| format!("no throughput in iperf3 output: {}", v["error"]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_iperf_json() {
+        let j = r#"{"end":{"sum_received":{"bits_per_second":2.5e9}}}"#;
+        assert!((iperf_gbits(j).expect("parse") - 2.5).abs() < 1e-9);
+        let err = iperf_gbits(r#"{"error":"unable to connect"}"#).expect_err("no figure");
+        assert!(err.to_string().contains("unable to connect"), "{err}");
+    }
+
+    #[test]
+    fn metric_keys_are_unique() {
+        let keys: std::collections::BTreeSet<_> = Metric::ALL.iter().map(|m| m.key()).collect();
+        assert_eq!(keys.len(), Metric::ALL.len());
+    }
+}
