@@ -534,3 +534,39 @@ fn an_address_added_in_the_container_joins_its_ignore_list() {
         d.log_text()
     );
 }
+
+#[test]
+fn a_bypassed_socket_cannot_be_turned_towards_host_loopback_later() {
+    let test = "a_bypassed_socket_cannot_be_turned_towards_host_loopback_later";
+    let Some(s) = setup(test) else { return };
+    let d = daemon(&s.lab, &[]);
+    let (_server, good) = peer_echo(&s, 7716);
+    let labnet = s.labnet_host.to_str().expect("path");
+    let hole = format!("{}:7717", s.peer.addr);
+    let mut blackhole = s.peer.spawn(labnet, &["blackhole", &hole]).expect("blackhole");
+    listening(&mut blackhole).expect("blackhole ready");
+    let mut evil_server = s
+        .lab
+        .user_command(&s.labnet_host)
+        .args(["serve", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map(|child| Server { child })
+        .expect("host loopback server");
+    let evil = listening(&mut evil_server).expect("listening");
+
+    let r = labnet_in(&s, &d, &[], &["escape", &good, &hole, &evil]);
+    // Both sockets really were host sockets before the attempts.
+    assert_eq!(r["a_good"], 0, "{r}");
+    assert_eq!(r["a_local"], s.peer.host_addr.to_string(), "{r}");
+    assert_eq!(r["b_hole"], libc::EINPROGRESS, "{r}");
+    assert_eq!(d.bypassed_to(&good), 1, "daemon log:\n{}", d.log_text());
+    assert_eq!(d.bypassed_to(&hole), 1, "daemon log:\n{}", d.log_text());
+    assert_ne!(r["a_evil"], "connected", "{r}");
+    assert_ne!(r["b_evil"], "connected", "{r}");
+    let seen = evil_server.finish().expect("server output");
+    assert!(
+        !seen.contains("\"peer\""),
+        "a container reached host loopback: {seen}\n{r}"
+    );
+}

@@ -28,7 +28,9 @@ use probes::{measure_all, Metric, ProbeSettings, Servers};
 use report::PathSamples;
 
 #[derive(Parser)]
-#[command(about = "Rootless container networking: slirp4netns, pasta and netaccel against the host, in one run")]
+#[command(
+    about = "Rootless container networking: slirp4netns, pasta and netaccel against the host, in one run"
+)]
 struct Cli {
     /// Seconds per throughput and connection-rate measurement.
     #[arg(long, default_value_t = 3)]
@@ -50,36 +52,64 @@ const ACCEPT_PORT: u16 = 7802;
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    anyhow::ensure!(cli.repeat >= 1 && cli.seconds >= 1, "--repeat and --seconds must be at least 1");
+    anyhow::ensure!(
+        cli.repeat >= 1 && cli.seconds >= 1,
+        "--repeat and --seconds must be at least 1"
+    );
     prereq::check_lab().map_err(|m| anyhow::anyhow!("{m}: run init-host/init-host.root.sh as root first"))?;
-    let Some(lab) = Lab::new_or_skip("netbench") else { bail!("lab prerequisites missing") };
+    let Some(lab) = Lab::new_or_skip("netbench") else {
+        bail!("lab prerequisites missing")
+    };
     let labnet = lab.install_bin(&workspace_bin("labnet")?)?;
     let labnet = labnet.to_str().context("lab path is not UTF-8")?;
     let peer = PeerHost::create()?;
     let at = |port: u16| format!("{}:{port}", peer.addr);
-    let _iperf = peer.spawn("iperf3", &["-s", "-B", &peer.addr.to_string(), "-p", &IPERF_PORT.to_string()])?;
+    let _iperf = peer.spawn(
+        "iperf3",
+        &["-s", "-B", &peer.addr.to_string(), "-p", &IPERF_PORT.to_string()],
+    )?;
     let _echo = ready(peer.spawn(labnet, &["serve", &at(ECHO_PORT)])?)?;
     let _accept = ready(peer.spawn(labnet, &["accept-close", &at(ACCEPT_PORT)])?)?;
-    let servers = Servers { iperf: at(IPERF_PORT), echo: at(ECHO_PORT), accept_close: at(ACCEPT_PORT) };
+    let servers = Servers {
+        iperf: at(IPERF_PORT),
+        echo: at(ECHO_PORT),
+        accept_close: at(ACCEPT_PORT),
+    };
     // Info level: no per-connection log line in the measured path.
     let daemon = DaemonProcess::start_logging(&lab, &workspace_bin("netaccel")?, "info", &[])?;
-    let settings = ProbeSettings { seconds: cli.seconds, pingpong_count: cli.pingpong_count };
+    let settings = ProbeSettings {
+        seconds: cli.seconds,
+        pingpong_count: cli.pingpong_count,
+    };
 
     let mut notes = Vec::new();
     let mut paths = vec![
         NetPath::Host,
-        NetPath::Container { net: UserNet::Slirp4netns { mtu: 1500 } },
-        NetPath::Container { net: UserNet::Slirp4netns { mtu: 65520 } },
+        NetPath::Container {
+            net: UserNet::Slirp4netns { mtu: 1500 },
+        },
+        NetPath::Container {
+            net: UserNet::Slirp4netns { mtu: 65520 },
+        },
     ];
-    let pasta = NetPath::Container { net: UserNet::Pasta { mtu: 65520 } };
+    let pasta = NetPath::Container {
+        net: UserNet::Pasta { mtu: 65520 },
+    };
     match pasta.run(&lab, &["true"], Duration::from_secs(30)) {
         Ok(_) => paths.push(pasta),
         Err(e) => notes.push(format!("pasta left out: {e:#}")),
     }
-    paths.push(NetPath::Netaccel { profile: daemon.profile(&lab, &[])? });
+    paths.push(NetPath::Netaccel {
+        profile: daemon.profile(&lab, &[])?,
+    });
 
-    let mut results: Vec<PathSamples> =
-        paths.iter().map(|p| PathSamples { name: p.name(), ..Default::default() }).collect();
+    let mut results: Vec<PathSamples> = paths
+        .iter()
+        .map(|p| PathSamples {
+            name: p.name(),
+            ..Default::default()
+        })
+        .collect();
     for round in 1..=cli.repeat {
         for (path, result) in paths.iter().zip(results.iter_mut()) {
             eprintln!("round {round}/{}: {}", cli.repeat, path.name());
@@ -91,7 +121,11 @@ fn main() -> Result<()> {
 
     check_paths_work(&results)?;
     let bypassed = daemon.bypassed_by_exited_containers();
-    anyhow::ensure!(bypassed > 0, "netaccel bypassed nothing; daemon log:\n{}", daemon.log_text());
+    anyhow::ensure!(
+        bypassed > 0,
+        "netaccel bypassed nothing; daemon log:\n{}",
+        daemon.log_text()
+    );
 
     let find = |name: &str| results.iter().find(|p| p.name == name).context("missing path");
     let (host, slirp, accel) = (find("host")?, find("slirp4netns 65520")?, find("netaccel")?);
@@ -131,7 +165,10 @@ fn ready(mut server: Server) -> Result<Server> {
 fn check_paths_work(results: &[PathSamples]) -> Result<()> {
     for p in results {
         for m in Metric::ALL {
-            let broken = p.samples.get(&m).is_none_or(|s| s.iter().any(|v| !v.is_finite() || *v <= 0.0));
+            let broken = p
+                .samples
+                .get(&m)
+                .is_none_or(|s| s.iter().any(|v| !v.is_finite() || *v <= 0.0));
             if broken {
                 bail!("{}: {} is zero or missing, the path is broken", p.name, m.label());
             }
@@ -150,11 +187,34 @@ fn targets(host: &PathSamples, slirp: &PathSamples, accel: &PathSamples) -> Stri
     let rate_slirp = r(accel, slirp, Metric::ConnRate);
     let added = med(accel, Metric::ConnectP50) - med(host, Metric::ConnectP50);
     [
-        line(up_host >= 0.9, format!("container → peer throughput: netaccel / host = {:.0}% (target ≥ 90%)", up_host * 100.0)),
-        line(up_slirp >= 6.0, format!("container → peer throughput: netaccel / slirp4netns 65520 = {up_slirp:.1}x (target ≥ 6x)")),
-        line(rate_host >= 0.5, format!("connections/s: netaccel / host = {:.0}% (target ≥ 50%)", rate_host * 100.0)),
-        line(rate_slirp > 1.0, format!("connections/s: netaccel / slirp4netns 65520 = {rate_slirp:.2}x (target > 1x)")),
-        line(added <= 30.0, format!("connect latency added by netaccel (p50): {added:.1} µs (target ≤ 30 µs)")),
+        line(
+            up_host >= 0.9,
+            format!(
+                "container → peer throughput: netaccel / host = {:.0}% (target ≥ 90%)",
+                up_host * 100.0
+            ),
+        ),
+        line(
+            up_slirp >= 6.0,
+            format!(
+                "container → peer throughput: netaccel / slirp4netns 65520 = {up_slirp:.1}x (target ≥ 6x)"
+            ),
+        ),
+        line(
+            rate_host >= 0.5,
+            format!(
+                "connections/s: netaccel / host = {:.0}% (target ≥ 50%)",
+                rate_host * 100.0
+            ),
+        ),
+        line(
+            rate_slirp > 1.0,
+            format!("connections/s: netaccel / slirp4netns 65520 = {rate_slirp:.2}x (target > 1x)"),
+        ),
+        line(
+            added <= 30.0,
+            format!("connect latency added by netaccel (p50): {added:.1} µs (target ≤ 30 µs)"),
+        ),
     ]
     .concat()
 }

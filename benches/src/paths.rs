@@ -22,8 +22,12 @@ impl NetPath {
     pub fn name(&self) -> String {
         match self {
             NetPath::Host => "host".into(),
-            NetPath::Container { net: UserNet::Slirp4netns { mtu } } => format!("slirp4netns {mtu}"),
-            NetPath::Container { net: UserNet::Pasta { mtu } } => format!("pasta {mtu}"),
+            NetPath::Container {
+                net: UserNet::Slirp4netns { mtu },
+            } => format!("slirp4netns {mtu}"),
+            NetPath::Container {
+                net: UserNet::Pasta { mtu },
+            } => format!("pasta {mtu}"),
             NetPath::Netaccel { .. } => "netaccel".into(),
         }
     }
@@ -39,7 +43,10 @@ impl NetPath {
                 };
                 return run(lab.user_command(program).args(&args[1..]));
             }
-            NetPath::Container { net } => ContainerConfig { seccomp: None, net: *net },
+            NetPath::Container { net } => ContainerConfig {
+                seccomp: None,
+                net: *net,
+            },
             NetPath::Netaccel { profile } => ContainerConfig {
                 seccomp: Some(profile.clone()),
                 net: UserNet::Slirp4netns { mtu: 65520 },
@@ -51,7 +58,14 @@ impl NetPath {
         }
         let out = Container::run(lab, config, &argv, timeout)
             .with_context(|| format!("{} on {}", args[0], self.name()))?;
-        anyhow::ensure!(out.ok(), "{} on {} failed: {}{}", args[0], self.name(), out.stdout, out.stderr);
+        anyhow::ensure!(
+            out.ok(),
+            "{} on {} failed: {}{}",
+            args[0],
+            self.name(),
+            out.stdout,
+            out.stderr
+        );
         Ok(out.stdout)
     }
 }

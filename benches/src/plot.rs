@@ -45,7 +45,10 @@ pub fn write_svg(out: &Path, paths: &[PathSamples]) -> Result<()> {
         .x_label_formatter(&|x| {
             let g = x - 0.5;
             if (g - g.round()).abs() < 1e-6 && g >= 0.0 {
-                THROUGHPUT.get(g.round() as usize).map(|(_, l)| l.to_string()).unwrap_or_default()
+                THROUGHPUT
+                    .get(g.round() as usize)
+                    .map(|(_, l)| l.to_string())
+                    .unwrap_or_default()
             } else {
                 String::new()
             }
@@ -72,7 +75,11 @@ pub fn write_svg(out: &Path, paths: &[PathSamples]) -> Result<()> {
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
 
-    let top = paths.iter().map(|p| median(p, Metric::ConnRate)).fold(1.0, f64::max) * 1.15;
+    let top = paths
+        .iter()
+        .map(|p| median(p, Metric::ConnRate))
+        .fold(1.0, f64::max)
+        * 1.15;
     let mut chart = ChartBuilder::on(&right)
         .caption("short connections per second", ("sans-serif", 22))
         .margin(12)
@@ -99,7 +106,13 @@ pub fn write_svg(out: &Path, paths: &[PathSamples]) -> Result<()> {
     chart
         .draw_series(paths.iter().enumerate().map(|(i, p)| {
             let color = Palette99::pick(i).to_rgba();
-            Rectangle::new([(i as f64 + 0.15, 0.0), (i as f64 + 0.85, median(p, Metric::ConnRate))], color.filled())
+            Rectangle::new(
+                [
+                    (i as f64 + 0.15, 0.0),
+                    (i as f64 + 0.85, median(p, Metric::ConnRate)),
+                ],
+                color.filled(),
+            )
         }))
         .map_err(|e| anyhow!("{e}"))?;
     root.present().map_err(|e| anyhow!("{e}"))?;

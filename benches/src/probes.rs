@@ -100,13 +100,21 @@ pub fn measure_all(
         let out = path.run(lab, &args, timeout)?;
         samples.push((metric, iperf_gbits(&out)?));
     }
-    let out = path.run(lab, &["labnet", "connrate", &servers.accept_close, "--seconds", &secs], timeout)?;
+    let out = path.run(
+        lab,
+        &["labnet", "connrate", &servers.accept_close, "--seconds", &secs],
+        timeout,
+    )?;
     let v = last_json(&out)?;
     samples.push((Metric::ConnRate, number(&v, "per_s")?));
     samples.push((Metric::ConnectP50, number(&v, "p50_us")?));
     samples.push((Metric::ConnectP99, number(&v, "p99_us")?));
     let count = settings.pingpong_count.to_string();
-    let out = path.run(lab, &["labnet", "pingpong", &servers.echo, "--count", &count], timeout)?;
+    let out = path.run(
+        lab,
+        &["labnet", "pingpong", &servers.echo, "--count", &count],
+        timeout,
+    )?;
     let v = last_json(&out)?;
     samples.push((Metric::RoundTripP50, number(&v, "p50_us")?));
     samples.push((Metric::RoundTripP99, number(&v, "p99_us")?));

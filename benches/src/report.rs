@@ -27,8 +27,16 @@ pub fn summarize(samples: &[f64]) -> Option<Summary> {
     let mut s = samples.to_vec();
     s.sort_by(f64::total_cmp);
     let mid = s.len() / 2;
-    let median = if s.len() % 2 == 0 { (s[mid - 1] + s[mid]) / 2.0 } else { s[mid] };
-    Some(Summary { median, min: s[0], max: s[s.len() - 1] })
+    let median = if s.len() % 2 == 0 {
+        (s[mid - 1] + s[mid]) / 2.0
+    } else {
+        s[mid]
+    };
+    Some(Summary {
+        median,
+        min: s[0],
+        max: s[s.len() - 1],
+    })
 }
 
 impl PathSamples {
@@ -54,7 +62,12 @@ pub fn ratio(a: &PathSamples, b: &PathSamples, m: Metric) -> Option<f64> {
 
 /// A Markdown table: one row per metric, one column per path, then the
 /// netaccel ratios against the host and against `baseline`.
-pub fn markdown(paths: &[PathSamples], accel: &PathSamples, host: &PathSamples, baseline: &PathSamples) -> String {
+pub fn markdown(
+    paths: &[PathSamples],
+    accel: &PathSamples,
+    host: &PathSamples,
+    baseline: &PathSamples,
+) -> String {
     let mut t = String::from("| metric |");
     for p in paths {
         t += &format!(" {} |", p.name);
@@ -68,7 +81,12 @@ pub fn markdown(paths: &[PathSamples], accel: &PathSamples, host: &PathSamples, 
             match p.summary(m) {
                 Some(s) if s.min == s.max => t += &format!(" {} |", fmt_value(s.median)),
                 Some(s) => {
-                    t += &format!(" {} ({}–{}) |", fmt_value(s.median), fmt_value(s.min), fmt_value(s.max))
+                    t += &format!(
+                        " {} ({}–{}) |",
+                        fmt_value(s.median),
+                        fmt_value(s.min),
+                        fmt_value(s.max)
+                    )
                 }
                 None => t += " – |",
             }
@@ -88,8 +106,11 @@ pub fn json_report(paths: &[PathSamples], config: Value, notes: &[String]) -> Va
     let paths: Vec<Value> = paths
         .iter()
         .map(|p| {
-            let samples: serde_json::Map<String, Value> =
-                p.samples.iter().map(|(m, s)| (m.key().to_owned(), json!(s))).collect();
+            let samples: serde_json::Map<String, Value> = p
+                .samples
+                .iter()
+                .map(|(m, s)| (m.key().to_owned(), json!(s)))
+                .collect();
             let medians: serde_json::Map<String, Value> = Metric::ALL
                 .iter()
                 .filter_map(|m| p.summary(*m).map(|s| (m.key().to_owned(), json!(s.median))))
@@ -105,14 +126,24 @@ mod tests {
     use super::*;
 
     fn path(name: &str, v: &[f64]) -> PathSamples {
-        let mut p = PathSamples { name: name.into(), ..Default::default() };
+        let mut p = PathSamples {
+            name: name.into(),
+            ..Default::default()
+        };
         p.samples.insert(Metric::Up1, v.to_vec());
         p
     }
 
     #[test]
     fn median_min_max() {
-        assert_eq!(summarize(&[3.0, 1.0, 2.0]), Some(Summary { median: 2.0, min: 1.0, max: 3.0 }));
+        assert_eq!(
+            summarize(&[3.0, 1.0, 2.0]),
+            Some(Summary {
+                median: 2.0,
+                min: 1.0,
+                max: 3.0
+            })
+        );
         assert_eq!(summarize(&[4.0, 1.0]).map(|s| s.median), Some(2.5));
         assert_eq!(summarize(&[]), None);
     }
@@ -122,11 +153,23 @@ mod tests {
         let host = path("host", &[10.0, 12.0, 11.0]);
         let slirp = path("slirp4netns 65520", &[2.0, 2.0, 2.0]);
         let accel = path("netaccel", &[11.0, 10.0, 11.0]);
-        let t = markdown(&[host.clone(), slirp.clone(), accel.clone()], &accel, &host, &slirp);
-        let row = t.lines().find(|l| l.contains("1 stream (Gbit/s)") && l.contains("container → peer")).expect("row");
+        let t = markdown(
+            &[host.clone(), slirp.clone(), accel.clone()],
+            &accel,
+            &host,
+            &slirp,
+        );
+        let row = t
+            .lines()
+            .find(|l| l.contains("1 stream (Gbit/s)") && l.contains("container → peer"))
+            .expect("row");
         assert!(row.contains("| 11.0 (10.0–12.0) |"), "{row}");
         assert!(row.contains("| 2.00 |"), "{row}");
         assert!(row.contains("| 1.00x | 5.50x |"), "{row}");
-        assert!(t.lines().any(|l| l.starts_with("| connect latency p50 (µs) | – |")), "{t}");
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("| connect latency p50 (µs) | – |")),
+            "{t}"
+        );
     }
 }

@@ -19,6 +19,7 @@ use tokio::io::unix::AsyncFd;
 use crate::ignore::IgnoreList;
 use crate::netns::NetnsId;
 use crate::notify::{Delivery, Notification, NotifyFd};
+use crate::route::{pin_to_interface, Egress, Routes};
 use crate::sockaddr::{decode_inet, MAX_SOCKADDR_LEN};
 use crate::sockopts::{HostDefaults, SocketOptions};
 use crate::tracee;
@@ -80,6 +81,10 @@ pub enum Keep {
     ForeignNamespace,
     AlreadyBound,
     NotClosed,
+    /// The host delivers this destination locally (one of its own
+    /// addresses) or has no route for it: nothing to gain, and a host socket
+    /// pinned to `lo` could reach host loopback.
+    NotRoutedOut,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,6 +228,7 @@ pub struct ConnectContext<'a> {
     pub container_netns: NetnsId,
     pub ignore: &'a std::sync::RwLock<IgnoreList>,
     pub defaults: &'a HostDefaults,
+    pub routes: &'a Routes,
 }
 
 /// Handles one connect notification to completion: exactly one answer is sent
@@ -273,6 +279,14 @@ pub async fn handle(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<Ou
     let Some(defaults) = ctx.defaults.for_family(facts.family) else {
         return keep(Keep::NotApplicable);
     };
+    let ifindex = match ctx.routes.egress(dst.ip()).await {
+        Ok(Egress::Interface(i)) => i,
+        Ok(Egress::Local | Egress::None) => return keep(Keep::NotRoutedOut),
+        Err(e) => {
+            tracing::warn!(error = %e, "route lookup failed; connect keeps the container path");
+            return keep(Keep::NotApplicable);
+        }
+    };
     let nonblocking = rustix::fs::fcntl_getfl(&orig)?.contains(rustix::fs::OFlags::NONBLOCK);
     let cloexec = tracee::fd_is_cloexec(n.pid, call.fd).unwrap_or(false);
     let opts = SocketOptions::read(&orig, facts.family);
@@ -284,6 +298,12 @@ pub async fn handle(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<Ou
         SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
         None,
     )?;
+    // Pinned before anything else: see route.rs for why this is what keeps
+    // host loopback out of reach, whatever the container does with the socket.
+    if let Err(e) = pin_to_interface(&host, ifindex) {
+        tracing::warn!(error = %e, ifindex, "cannot pin host socket; connect keeps the container path");
+        return keep(Keep::NotApplicable);
+    }
     for refused in opts.apply_changed(&host, defaults) {
         tracing::debug!(option = refused.option, errno = %refused.errno, "option not replayed on host socket");
     }
@@ -370,7 +390,10 @@ fn finished(host: OwnedFd) -> io::Result<Waited> {
 fn writable_now(sock: &OwnedFd) -> bool {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};
     let mut fds = [PollFd::new(sock, PollFlags::OUT)];
-    let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
 }
 

@@ -15,6 +15,7 @@ use crate::ifaddrs::SubnetWatch;
 use crate::ignore::IgnoreList;
 use crate::netns::NetnsId;
 use crate::notify::{Notification, NotifyFd};
+use crate::route::Routes;
 use crate::sockopts::HostDefaults;
 
 #[cfg(target_arch = "x86_64")]
@@ -29,6 +30,7 @@ pub enum Mode {
         netns: NetnsId,
         ignore: Arc<RwLock<IgnoreList>>,
         defaults: Arc<HostDefaults>,
+        routes: Arc<Routes>,
         /// Keeps the ignore list current; stops with the container.
         _watch: SubnetWatch,
     },
@@ -55,7 +57,12 @@ pub struct Counters {
 
 impl Container {
     pub fn new(id: String, notify: NotifyFd, mode: Mode) -> Self {
-        Self { id, notify, mode, counters: Counters::default() }
+        Self {
+            id,
+            notify,
+            mode,
+            counters: Counters::default(),
+        }
     }
 }
 
@@ -128,6 +135,7 @@ impl Container {
                 netns,
                 ignore,
                 defaults,
+                routes,
                 ..
             } if n.arch == NATIVE_ARCH && i64::from(n.nr) == libc::SYS_connect => {
                 let ctx = ConnectContext {
@@ -135,6 +143,7 @@ impl Container {
                     container_netns: *netns,
                     ignore,
                     defaults,
+                    routes,
                 };
                 connect::handle(&ctx, &n).await
             }

@@ -16,6 +16,7 @@ use crate::ifaddrs::{route_socket_in_netns_of, SubnetWatch};
 use crate::ignore::IgnoreList;
 use crate::netns::NetnsId;
 use crate::notify::NotifyFd;
+use crate::route::Routes;
 use crate::sockopts::HostDefaults;
 use crate::state::ContainerProcessState;
 
@@ -44,6 +45,8 @@ pub enum DaemonError {
     StaleSocket { socket: PathBuf, source: io::Error },
     #[error("cannot listen on {socket}: {source}")]
     Bind { socket: PathBuf, source: io::Error },
+    #[error("{source}")]
+    Routes { source: crate::route::RouteError },
     #[error("cannot probe host socket defaults: {source}")]
     HostDefaults { source: io::Error },
 }
@@ -53,6 +56,7 @@ struct Shared {
     config: DaemonConfig,
     host_netns: Option<NetnsId>,
     defaults: Arc<HostDefaults>,
+    routes: Arc<Routes>,
 }
 
 /// A bound daemon socket, ready to serve.
@@ -96,12 +100,14 @@ impl Daemon {
             }
         })?;
         let defaults = HostDefaults::probe().map_err(|e| DaemonError::HostDefaults { source: e.into() })?;
+        let routes = Routes::open().map_err(|source| DaemonError::Routes { source })?;
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
                 host_netns: NetnsId::current().ok(),
                 config,
                 defaults: Arc::new(defaults),
+                routes: Arc::new(routes),
             }),
         })
     }
@@ -232,6 +238,7 @@ async fn accelerate(state: &ContainerProcessState, shared: &Shared) -> Result<Mo
         netns,
         ignore,
         defaults: shared.defaults.clone(),
+        routes: shared.routes.clone(),
         _watch: watch,
     })
 }

@@ -6,7 +6,7 @@
 //! - syscall wrappers: [`notify`] (the notify fd), [`tracee`] (the caller's
 //!   memory and fds), [`netns`] (namespace identity), [`fdpass`];
 //! - policy, plain Rust: [`sockaddr`], [`ignore`], [`connect`] (verdicts),
-//!   [`sockopts`] (what to replay);
+//!   [`sockopts`] (what to replay), [`route`] (egress pinning);
 //! - serving: [`ifaddrs`], [`container`], [`daemon`]; and [`state`] /
 //!   [`profile`] for the runtime protocol.
 
@@ -19,6 +19,7 @@ pub mod ignore;
 pub mod netns;
 pub mod notify;
 pub mod profile;
+pub mod route;
 pub mod sockaddr;
 pub mod sockopts;
 pub mod state;

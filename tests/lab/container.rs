@@ -45,9 +45,15 @@ impl UserNet {
             }
             UserNet::Pasta { mtu } => {
                 let mut cmd = lab.user_command("pasta");
-                cmd.args(["--config-net", "--foreground", "--quiet", "--mtu", &mtu.to_string()])
-                    .args(["-t", "none", "-u", "none", "-T", "none", "-U", "none"])
-                    .arg(pid.to_string());
+                cmd.args([
+                    "--config-net",
+                    "--foreground",
+                    "--quiet",
+                    "--mtu",
+                    &mtu.to_string(),
+                ])
+                .args(["-t", "none", "-u", "none", "-T", "none", "-U", "none"])
+                .arg(pid.to_string());
                 cmd
             }
         }
@@ -63,7 +69,10 @@ pub struct ContainerConfig {
 
 impl Default for ContainerConfig {
     fn default() -> Self {
-        Self { seccomp: None, net: UserNet::Slirp4netns { mtu: 65520 } }
+        Self {
+            seccomp: None,
+            net: UserNet::Slirp4netns { mtu: 65520 },
+        }
     }
 }
 
@@ -199,11 +208,17 @@ impl<'a> Container<'a> {
                 .with_context(|| format!("starting {:?}", config.net))?,
         );
         let route = format!("/proc/{}/net/route", container.pid);
-        wait_for("the user-mode network to configure a default route", Duration::from_secs(10), || {
-            std::fs::read_to_string(&route)
-                .ok()
-                .filter(|r| r.lines().skip(1).any(|l| l.split('\t').nth(1) == Some("00000000")))
-        })?;
+        wait_for(
+            "the user-mode network to configure a default route",
+            Duration::from_secs(10),
+            || {
+                std::fs::read_to_string(&route).ok().filter(|r| {
+                    r.lines()
+                        .skip(1)
+                        .any(|l| l.split('\t').nth(1) == Some("00000000"))
+                })
+            },
+        )?;
         run(container.runc().args(["start", &container.id]))?;
         Ok(container)
     }

@@ -92,7 +92,14 @@ impl DaemonProcess {
         self.log_text()
             .lines()
             .filter(|l| l.contains("container exited"))
-            .filter_map(|l| l.split("bypassed=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+            .filter_map(|l| {
+                l.split("bypassed=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
             .sum()
     }
 

@@ -46,6 +46,14 @@ enum Cmd {
     /// Sets socket options and fd flags, connects, and prints what the
     /// connected socket reports afterwards.
     Sockopts { dst: SocketAddr },
+    /// Tries to turn a bypassed (host) socket towards EVIL after the fact:
+    /// disconnect a connected one and reconnect it, disconnect a pending one
+    /// (to HOLE, which never answers) and send to EVIL with MSG_FASTOPEN.
+    Escape {
+        good: SocketAddrV4,
+        hole: SocketAddrV4,
+        evil: SocketAddrV4,
+    },
     /// Server for `connrate`: accepts and closes connections, forever.
     AcceptClose { listen: SocketAddr },
     /// Opens and closes connections for SECONDS; prints the rate and the
@@ -95,6 +103,7 @@ fn main() {
         } => connect(dst, bytes, blocking, Duration::from_millis(timeout_ms)),
         Cmd::Sockopts { dst } => sockopts(dst),
         Cmd::AcceptClose { listen } => accept_close(listen),
+        Cmd::Escape { good, hole, evil } => escape(good, hole, evil),
         Cmd::Connrate { dst, seconds } => connrate(dst, Duration::from_secs_f64(seconds)),
         Cmd::Pingpong { dst, count, size } => pingpong(dst, count, size),
         Cmd::Threads { slow, fast } => threads(slow, fast),
@@ -533,5 +542,101 @@ fn pingpong(dst: SocketAddr, count: usize, size: usize) -> Result<()> {
     let mut out = percentiles(latencies);
     out["count"] = json!(count);
     println!("{out}");
+    Ok(())
+}
+
+/// connect(2) with AF_UNSPEC: dissolves the association (TCP disconnect).
+fn disconnect(fd: i32) -> i32 {
+    let unspec = libc::sockaddr {
+        sa_family: libc::AF_UNSPEC as u16,
+        sa_data: [0; 14],
+    };
+    raw_connect_errno(
+        fd,
+        &unspec,
+        std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+    )
+}
+
+/// Waits up to 1.5 s for a connecting socket; "connected" or the errno.
+fn outcome(fd: &std::os::fd::OwnedFd) -> String {
+    let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::OUT)];
+    let t = rustix::event::Timespec {
+        tv_sec: 1,
+        tv_nsec: 500_000_000,
+    };
+    match rustix::event::poll(&mut fds, Some(&t)) {
+        Ok(0) => "pending".into(),
+        Ok(_) => match rustix::net::sockopt::socket_error(fd) {
+            Ok(Ok(())) if rustix::net::getpeername(fd).ok().flatten().is_some() => "connected".into(),
+            Ok(Ok(())) => "not connected".into(),
+            Ok(Err(e)) => format!("errno {}", e.raw_os_error()),
+            Err(e) => format!("errno {}", e.raw_os_error()),
+        },
+        Err(e) => format!("poll errno {}", e.raw_os_error()),
+    }
+}
+
+fn escape(good: SocketAddrV4, hole: SocketAddrV4, evil: SocketAddrV4) -> Result<()> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let evil_raw = sockaddr_in(evil);
+    let evil_ptr = (&evil_raw as *const libc::sockaddr_in).cast::<libc::sockaddr>();
+    let in_len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let nonblocking = |fd: &std::os::fd::OwnedFd| -> Result<()> {
+        let fl = rustix::fs::fcntl_getfl(fd)?;
+        rustix::fs::fcntl_setfl(fd, fl | rustix::fs::OFlags::NONBLOCK)?;
+        Ok(())
+    };
+    // A: a connected host socket, disconnected and aimed at EVIL.
+    let a = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None)?;
+    let a_good = raw_connect_errno(
+        a.as_raw_fd(),
+        (&sockaddr_in(good) as *const libc::sockaddr_in).cast(),
+        in_len,
+    );
+    let a_local = rustix::net::getsockname(&a)
+        .ok()
+        .and_then(|l| SocketAddr::try_from(l).ok())
+        .map(|l| l.ip().to_string());
+    let a_disconnect = disconnect(a.as_raw_fd());
+    nonblocking(&a)?;
+    let a_evil_errno = raw_connect_errno(a.as_raw_fd(), evil_ptr, in_len);
+    let a_evil = outcome(&a);
+    // B: a pending host socket, disconnected, then fast-open towards EVIL.
+    let b = rustix::net::socket_with(
+        AddressFamily::INET,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK,
+        None,
+    )?;
+    let b_hole = raw_connect_errno(
+        b.as_raw_fd(),
+        (&sockaddr_in(hole) as *const libc::sockaddr_in).cast(),
+        in_len,
+    );
+    let b_disconnect = disconnect(b.as_raw_fd());
+    // SAFETY: sends one byte from a live buffer to a live sockaddr_in.
+    let sent = unsafe {
+        libc::sendto(
+            b.as_raw_fd(),
+            b"x".as_ptr().cast(),
+            1,
+            libc::MSG_FASTOPEN,
+            evil_ptr,
+            in_len,
+        )
+    };
+    let b_fastopen_errno = if sent < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    } else {
+        0
+    };
+    let b_evil = outcome(&b);
+    println!(
+        "{}",
+        json!({"a_good": a_good, "a_local": a_local, "a_disconnect": a_disconnect, "a_evil_errno": a_evil_errno,
+               "a_evil": a_evil, "b_hole": b_hole, "b_disconnect": b_disconnect,
+               "b_fastopen_errno": b_fastopen_errno, "b_evil": b_evil})
+    );
     Ok(())
 }
