@@ -11,10 +11,8 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
-use std::time::Duration;
 
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
-use tokio::io::unix::AsyncFd;
 
 use crate::ignore::IgnoreList;
 use crate::netns::NetnsId;
@@ -23,9 +21,6 @@ use crate::route::{pin_to_interface, Egress, Routes};
 use crate::sockaddr::{decode_inet, MAX_SOCKADDR_LEN};
 use crate::sockopts::{HostDefaults, SocketOptions};
 use crate::tracee;
-
-/// How often a pending blocking connect checks that its caller still waits.
-const CALLER_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The arguments of one connect call, validated as the kernel would.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,94 +302,52 @@ pub async fn handle(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<Ou
     for refused in opts.apply_changed(&host, defaults) {
         tracing::debug!(option = refused.option, errno = %refused.errno, "option not replayed on host socket");
     }
-    let errno = match rustix::net::connect(&host, &dst) {
-        Ok(()) => 0,
-        Err(e) if e == rustix::io::Errno::INPROGRESS && nonblocking => libc::EINPROGRESS,
-        Err(e) if e == rustix::io::Errno::INPROGRESS => {
-            match wait_connected(ctx.notify, n.id, host, opts.send_timeout()).await? {
-                Waited::Done { host: h, errno: 0 } => {
-                    return install(ctx, n, call, dst, h, cloexec, false, 0)
-                }
-                Waited::Done { errno, .. } => return fail(ctx, n, dst, errno),
-                Waited::TimedOut(h) => {
-                    return install(ctx, n, call, dst, h, cloexec, false, libc::EINPROGRESS)
-                }
-                Waited::CallerGone => return Ok(Outcome::CallerGone),
-            }
-        }
+    let answer = match rustix::net::connect(&host, &dst) {
+        Ok(()) => Answer::Return(0),
+        Err(e) if e == rustix::io::Errno::INPROGRESS => match connect_result_now(&host) {
+            // Linux answers a non-blocking TCP connect with EINPROGRESS even
+            // when the handshake is already done; so do we.
+            Some(0) if nonblocking => Answer::Return(-libc::EINPROGRESS),
+            Some(0) => Answer::Return(0),
+            // Failed at once: the container keeps its own, untouched socket.
+            Some(errno) => return fail(ctx, n, dst, errno),
+            None if nonblocking => Answer::Return(-libc::EINPROGRESS),
+            // Blocking: the kernel re-runs connect on the installed socket,
+            // which is already connecting, so it ignores the (re-read)
+            // address and waits in the caller's own context, with its
+            // SO_SNDTIMEO and signals, and returns the real result.
+            None => Answer::Continue,
+        },
         Err(e) => return fail(ctx, n, dst, e.raw_os_error()),
     };
-    install(ctx, n, call, dst, host, cloexec, nonblocking, errno)
+    install(ctx, n, call, dst, host, cloexec, nonblocking, answer)
 }
 
-enum Waited {
-    Done { host: OwnedFd, errno: i32 },
-    TimedOut(OwnedFd),
-    CallerGone,
+/// How the caller's syscall ends once the host socket is installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Return 0 or -errno.
+    Return(i32),
+    /// Let the kernel finish the connect on the installed socket.
+    Continue,
 }
 
-/// Waits for a blocking connect without blocking a thread, honouring the
-/// socket's SO_SNDTIMEO like the kernel does, and giving up when the caller
-/// stops waiting.
-async fn wait_connected(
-    notify: &NotifyFd,
-    id: u64,
-    host: OwnedFd,
-    timeout: Option<Duration>,
-) -> io::Result<Waited> {
-    // A local handshake has usually finished by now: a zero-timeout poll
-    // costs one syscall, the reactor path a registration and a wake-up.
-    if !writable_now(&host) {
-        // SAFETY: `host` is an OwnedFd: its fd stays open and unchanged until
-        // into_inner hands it back or the AsyncFd drops it.
-        let afd = unsafe { AsyncFd::register_with_interest(host, tokio::io::Interest::WRITABLE) }
-            .map_err(|e| e.into_parts().1)?;
-        let start = tokio::time::Instant::now();
-        let deadline = timeout.map(|t| start + t);
-        // Not `interval()`: its immediate first tick is a timer at "now",
-        // which tokio's 1 ms wheel only fires on its next tick.
-        let mut check = tokio::time::interval_at(start + CALLER_CHECK_INTERVAL, CALLER_CHECK_INTERVAL);
-        let far = start + Duration::from_secs(365 * 24 * 3600);
-        loop {
-            tokio::select! {
-                guard = afd.writable() => {
-                    guard?.clear_ready();
-                    if writable_now(afd.get_ref()) {
-                        break;
-                    }
-                }
-                _ = check.tick() => {
-                    if !notify.id_valid(id) {
-                        return Ok(Waited::CallerGone);
-                    }
-                }
-                _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
-                    return Ok(Waited::TimedOut(afd.into_inner()));
-                }
-            }
-        }
-        return finished(afd.into_inner());
-    }
-    finished(host)
-}
-
-fn finished(host: OwnedFd) -> io::Result<Waited> {
-    let errno = match rustix::net::sockopt::socket_error(&host)? {
-        Ok(()) => 0,
-        Err(e) => e.raw_os_error(),
-    };
-    Ok(Waited::Done { host, errno })
-}
-
-/// True when a connecting socket has finished (connected or failed).
-fn writable_now(sock: &OwnedFd) -> bool {
+/// The outcome of a connect still in progress, if it is already known:
+/// Some(0) connected, Some(errno) failed, None still connecting.
+fn connect_result_now(sock: &OwnedFd) -> Option<i32> {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};
     let mut fds = [PollFd::new(sock, PollFlags::OUT)];
     let zero = Timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+    match poll(&mut fds, Some(&zero)) {
+        Ok(n) if n > 0 => Some(match rustix::net::sockopt::socket_error(sock) {
+            Ok(Ok(())) => 0,
+            Ok(Err(e)) | Err(e) => e.raw_os_error(),
+        }),
+        _ => None,
+    }
 }
 
 fn fail(ctx: &ConnectContext<'_>, n: &Notification, dst: SocketAddr, errno: i32) -> io::Result<Outcome> {
@@ -413,7 +366,7 @@ fn install(
     host: OwnedFd,
     cloexec: bool,
     nonblocking: bool,
-    errno: i32,
+    answer: Answer,
 ) -> io::Result<Outcome> {
     if !nonblocking {
         let flags = rustix::fs::fcntl_getfl(&host)?;
@@ -422,7 +375,11 @@ fn install(
     if ctx.notify.install_fd(n.id, host.as_fd(), call.fd, cloexec)? == Delivery::CallerGone {
         return Ok(Outcome::CallerGone);
     }
-    Ok(match ctx.notify.answer(n.id, 0, errno)? {
+    let (delivery, errno) = match answer {
+        Answer::Return(v) => (ctx.notify.answer(n.id, 0, -v)?, -v),
+        Answer::Continue => (ctx.notify.answer_continue(n.id)?, libc::EINPROGRESS),
+    };
+    Ok(match delivery {
         Delivery::Delivered => Outcome::Bypassed { dst, errno },
         Delivery::CallerGone => Outcome::CallerGone,
     })

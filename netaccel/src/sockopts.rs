@@ -75,11 +75,6 @@ impl SocketOptions {
         Ok(Self::read(&sock, family))
     }
 
-    /// The send timeout, which also bounds a blocking connect.
-    pub fn send_timeout(&self) -> Option<Duration> {
-        self.send_timeout.flatten()
-    }
-
     /// Applies to `fd` every option that differs from `defaults`. Returns what
     /// the host refused (e.g. a congestion algorithm not allowed for users).
     pub fn apply_changed(&self, fd: impl AsFd, defaults: &Self) -> Vec<NotReplayed> {
@@ -187,7 +182,7 @@ mod tests {
         so::set_socket_send_buffer_size(&orig, 96 * 1024).expect("sndbuf");
         so::set_ip_tos(&orig, 0x10).expect("tos");
         let opts = SocketOptions::read(&orig, AddressFamily::INET);
-        assert_eq!(opts.send_timeout(), Some(Duration::from_millis(1500)));
+        assert_eq!(opts.send_timeout, Some(Some(Duration::from_millis(1500))));
 
         let host = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).expect("socket");
         assert!(opts.apply_changed(&host, &defaults).is_empty());

@@ -1,0 +1,159 @@
+//! A caller that goes away while its notification is being handled (killed,
+//! or interrupted by a signal) is a normal event: every answer reports
+//! `CallerGone` and nothing fails.
+//!
+//! A test thread loads a connect-notify filter on itself only, connects, and
+//! is interrupted with a signal (no SA_RESTART) while the test holds its
+//! notification: the kernel then drops the notification, as when a process
+//! dies, and the thread's connect returns EINTR.
+
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::sync::mpsc;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use netaccel::connect::{self, ConnectContext, Outcome};
+use netaccel::ignore::IgnoreList;
+use netaccel::netns::NetnsId;
+use netaccel::notify::{Delivery, NotifyFd};
+use netaccel::route::Routes;
+use netaccel::sockopts::HostDefaults;
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+fn notify_connect_on_this_thread() -> OwnedFd {
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let mut prog = [
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+        jeq(libc::SYS_connect as u32, 1, 0),
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_USER_NOTIF),
+    ];
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes plain integers and affects this thread.
+    assert_eq!(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }, 0);
+    // SAFETY: `fprog` points at `prog`, a valid BPF program that outlives the
+    // call; without TSYNC the filter applies to this thread only.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    assert!(fd >= 0, "seccomp: {}", std::io::Error::last_os_error());
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+#[tokio::test]
+async fn answers_to_a_vanished_caller_report_caller_gone() {
+    // SAFETY: installs a handler that does nothing, for SIGUSR1 only, without
+    // SA_RESTART so the interrupted connect returns instead of restarting.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = ignore_signal as *const () as usize;
+        assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+    }
+    let (fd_tx, fd_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let notify = notify_connect_on_this_thread();
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        fd_tx.send((notify, tid)).expect("send fd");
+        // Plain connect(2): std's TcpStream::connect retries on EINTR.
+        let sock = std::net::TcpListener::bind("127.0.0.1:0").expect("a socket fd");
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 9u16.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: `addr` is a live sockaddr_in of the length we pass.
+        let rc = unsafe {
+            libc::connect(
+                std::os::fd::AsRawFd::as_raw_fd(&sock),
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        let _ = done_tx.send(if rc == 0 { None } else { errno });
+    });
+    let (notify, tid) = fd_rx.recv().expect("notify fd");
+    let notify = NotifyFd::new(notify).expect("a notify fd");
+    let n = tokio::task::spawn_blocking({
+        let fd = notify.as_fd().try_clone_to_owned().expect("dup");
+        move || NotifyFd::new(fd).expect("notify fd").recv()
+    })
+    .await
+    .expect("join")
+    .expect("notification");
+    assert!(notify.id_valid(n.id));
+
+    // SAFETY: signals our own test thread, whose tid we were given.
+    let rc = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, libc::SIGUSR1) };
+    assert_eq!(rc, 0);
+    let start = Instant::now();
+    while notify.id_valid(n.id) {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "notification stayed valid"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        done_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("thread returned"),
+        Some(libc::EINTR)
+    );
+
+    assert_eq!(
+        notify.answer_continue(n.id).expect("no error"),
+        Delivery::CallerGone
+    );
+    assert_eq!(
+        notify.answer(n.id, 0, libc::ECONNREFUSED).expect("no error"),
+        Delivery::CallerGone
+    );
+    let sock = std::net::TcpListener::bind("127.0.0.1:0").expect("socket");
+    assert_eq!(
+        notify.install_fd(n.id, sock.as_fd(), 3, true).expect("no error"),
+        Delivery::CallerGone
+    );
+
+    // The whole handler: the caller's memory and fds are gone too.
+    let ignore = RwLock::new(IgnoreList::default());
+    let defaults = HostDefaults::probe().expect("defaults");
+    let routes = Routes::open().expect("routes");
+    let ctx = ConnectContext {
+        notify: &notify,
+        container_netns: NetnsId::current().expect("netns"),
+        ignore: &ignore,
+        defaults: &defaults,
+        routes: &routes,
+    };
+    match connect::handle(&ctx, &n).await {
+        Ok(Outcome::CallerGone | Outcome::Kept(_)) => {}
+        other => panic!("unexpected outcome for a vanished caller: {other:?}"),
+    }
+}
