@@ -7,7 +7,7 @@
 //! notification: the kernel then drops the notification, as when a process
 //! dies, and the thread's connect returns EINTR.
 
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::mpsc;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
@@ -18,48 +18,9 @@ use netaccel::netns::NetnsId;
 use netaccel::notify::{Delivery, NotifyFd};
 use netaccel::route::Routes;
 use netaccel::sockopts::HostDefaults;
+use rootless_lab::seccomp::{notify_connect_on_this_thread, raw_connect};
 
 extern "C" fn ignore_signal(_: libc::c_int) {}
-
-fn notify_connect_on_this_thread() -> OwnedFd {
-    let stmt = |code: u32, k: u32| libc::sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    };
-    let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
-        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-        jt,
-        jf,
-        k,
-    };
-    let mut prog = [
-        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
-        jeq(libc::SYS_connect as u32, 1, 0),
-        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
-        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_USER_NOTIF),
-    ];
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_mut_ptr(),
-    };
-    // SAFETY: PR_SET_NO_NEW_PRIVS takes plain integers and affects this thread.
-    assert_eq!(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }, 0);
-    // SAFETY: `fprog` points at `prog`, a valid BPF program that outlives the
-    // call; without TSYNC the filter applies to this thread only.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
-            &fprog as *const libc::sock_fprog,
-        )
-    };
-    assert!(fd >= 0, "seccomp: {}", std::io::Error::last_os_error());
-    // SAFETY: the kernel returned a new fd that nothing else owns.
-    unsafe { OwnedFd::from_raw_fd(fd as i32) }
-}
 
 #[tokio::test]
 async fn answers_to_a_vanished_caller_report_caller_gone() {
@@ -73,30 +34,14 @@ async fn answers_to_a_vanished_caller_report_caller_gone() {
     let (fd_tx, fd_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let notify = notify_connect_on_this_thread();
+        let notify = notify_connect_on_this_thread().expect("seccomp notify filter");
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() };
         fd_tx.send((notify, tid)).expect("send fd");
         // Plain connect(2): std's TcpStream::connect retries on EINTR.
         let sock = std::net::TcpListener::bind("127.0.0.1:0").expect("a socket fd");
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as u16,
-            sin_port: 9u16.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
-            },
-            sin_zero: [0; 8],
-        };
-        // SAFETY: `addr` is a live sockaddr_in of the length we pass.
-        let rc = unsafe {
-            libc::connect(
-                std::os::fd::AsRawFd::as_raw_fd(&sock),
-                (&addr as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        let errno = std::io::Error::last_os_error().raw_os_error();
-        let _ = done_tx.send(if rc == 0 { None } else { errno });
+        let errno = raw_connect(sock.as_fd(), "127.0.0.1:9".parse().expect("addr"));
+        let _ = done_tx.send(errno);
     });
     let (notify, tid) = fd_rx.recv().expect("notify fd");
     let notify = NotifyFd::new(notify).expect("a notify fd");
@@ -124,7 +69,7 @@ async fn answers_to_a_vanished_caller_report_caller_gone() {
         done_rx
             .recv_timeout(Duration::from_secs(5))
             .expect("thread returned"),
-        Some(libc::EINTR)
+        libc::EINTR
     );
 
     assert_eq!(

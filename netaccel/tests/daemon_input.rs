@@ -2,13 +2,11 @@
 //! registration cannot be trusted keep working (their syscalls continue).
 //!
 //! Real notify fds come from a seccomp filter loaded on one test thread only
-//! (no TSYNC), so only that thread's connect(2) is notified. The filter is
-//! built by hand: libseccomp 2.5 keeps a single notify fd per process, which
-//! parallel tests cannot share.
+//! (`rootless_lab::seccomp`), so only that thread's connect(2) is notified.
 
 use std::io::Write;
 use std::net::TcpListener;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,6 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use netaccel::fdpass::send_with_fds;
+use rootless_lab::seccomp::notify_connect_on_this_thread;
 
 struct Daemon {
     child: Child,
@@ -82,53 +81,6 @@ impl Drop for Daemon {
     }
 }
 
-/// Loads "notify connect, allow everything else" on the calling thread and
-/// returns the listener fd.
-fn notify_connect_on_this_thread() -> OwnedFd {
-    const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
-    let stmt = |code: u32, k: u32| libc::sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    };
-    let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
-        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-        jt,
-        jf,
-        k,
-    };
-    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
-    let ret = libc::BPF_RET | libc::BPF_K;
-    let mut prog = [
-        stmt(load, 4), // seccomp_data.arch
-        jeq(AUDIT_ARCH_X86_64, 0, 2),
-        stmt(load, 0), // seccomp_data.nr
-        jeq(libc::SYS_connect as u32, 1, 0),
-        stmt(ret, libc::SECCOMP_RET_ALLOW),
-        stmt(ret, libc::SECCOMP_RET_USER_NOTIF),
-    ];
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_mut_ptr(),
-    };
-    // SAFETY: PR_SET_NO_NEW_PRIVS takes plain integers and affects this thread.
-    assert_eq!(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }, 0);
-    // SAFETY: `fprog` points at `prog`, a valid BPF program that outlives the
-    // call; without TSYNC the filter applies to this thread only.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
-            &fprog as *const libc::sock_fprog,
-        )
-    };
-    assert!(fd >= 0, "seccomp: {}", std::io::Error::last_os_error());
-    // SAFETY: the kernel returned a new fd that nothing else owns.
-    unsafe { OwnedFd::from_raw_fd(fd as i32) }
-}
-
 fn state_json(pid: u32, fds: &[&str]) -> Vec<u8> {
     serde_json::json!({
         "ociVersion": "1.0.2", "fds": fds, "pid": pid, "metadata": "",
@@ -150,7 +102,7 @@ fn registered_thread_connects(socket: &Path, payload: Vec<u8>, extra_devnull: us
     std::thread::spawn(move || {
         // Connected before the filter exists: this connect is not notified.
         let stream = UnixStream::connect(&socket).expect("connect daemon");
-        let notify = notify_connect_on_this_thread();
+        let notify = notify_connect_on_this_thread().expect("seccomp notify filter");
         let devnull = std::fs::File::open("/dev/null").expect("devnull");
         let mut fds = vec![notify.as_fd()];
         fds.extend(std::iter::repeat_n(devnull.as_fd(), extra_devnull));

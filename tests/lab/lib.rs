@@ -11,6 +11,7 @@ pub mod container;
 pub mod daemon;
 pub mod peer;
 pub mod prereq;
+pub mod seccomp;
 pub mod user;
 
 use std::os::unix::fs::PermissionsExt;
