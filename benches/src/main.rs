@@ -64,14 +64,11 @@ fn main() -> Result<()> {
     let labnet = labnet.to_str().context("lab path is not UTF-8")?;
     let peer = PeerHost::create()?;
     let at = |port: u16| format!("{}:{port}", peer.addr);
-    let _iperf = peer.spawn(
-        "iperf3",
-        &["-s", "-B", &peer.addr.to_string(), "-p", &IPERF_PORT.to_string()],
-    )?;
     let _echo = ready(peer.spawn(labnet, &["serve", &at(ECHO_PORT)])?)?;
     let _accept = ready(peer.spawn(labnet, &["accept-close", &at(ACCEPT_PORT)])?)?;
     let servers = Servers {
-        iperf: at(IPERF_PORT),
+        peer: &peer,
+        iperf_port: IPERF_PORT,
         echo: at(ECHO_PORT),
         accept_close: at(ACCEPT_PORT),
     };
@@ -110,14 +107,33 @@ fn main() -> Result<()> {
             ..Default::default()
         })
         .collect();
+    let mut dropped = vec![false; paths.len()];
     for round in 1..=cli.repeat {
-        for (path, result) in paths.iter().zip(results.iter_mut()) {
+        for (i, (path, result)) in paths.iter().zip(results.iter_mut()).enumerate() {
+            if dropped[i] {
+                continue;
+            }
             eprintln!("round {round}/{}: {}", cli.repeat, path.name());
-            for (metric, value) in measure_all(&lab, path, &servers, &settings)? {
-                result.samples.entry(metric).or_default().push(value);
+            match measure_all(&lab, path, &servers, &settings) {
+                Ok(samples) => {
+                    for (metric, value) in samples {
+                        result.samples.entry(metric).or_default().push(value);
+                    }
+                }
+                Err(e) if path.optional() => {
+                    notes.push(format!("{} left out after round {round}: {e:#}", path.name()));
+                    dropped[i] = true;
+                }
+                Err(e) => return Err(e),
             }
         }
     }
+    let results: Vec<PathSamples> = results
+        .into_iter()
+        .zip(dropped)
+        .filter(|(_, d)| !d)
+        .map(|(r, _)| r)
+        .collect();
 
     check_paths_work(&results)?;
     let bypassed = daemon.bypassed_by_exited_containers();

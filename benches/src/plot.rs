@@ -21,16 +21,16 @@ fn median(p: &PathSamples, m: Metric) -> f64 {
 }
 
 pub fn write_svg(out: &Path, paths: &[PathSamples]) -> Result<()> {
-    let root = SVGBackend::new(out, (1300, 520)).into_drawing_area();
+    let root = SVGBackend::new(out, (1440, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-    let (left, right) = root.split_horizontally(860);
+    let (left, right) = root.split_horizontally(820);
     let bar = 0.8 / paths.len().max(1) as f64;
 
     let top = paths
         .iter()
         .flat_map(|p| THROUGHPUT.iter().map(move |(m, _)| median(p, *m)))
         .fold(1.0, f64::max)
-        * 1.15;
+        * 1.4; // headroom for the legend
     let mut chart = ChartBuilder::on(&left)
         .caption("TCP throughput, container ↔ peer (median)", ("sans-serif", 22))
         .margin(12)
@@ -53,6 +53,7 @@ pub fn write_svg(out: &Path, paths: &[PathSamples]) -> Result<()> {
                 String::new()
             }
         })
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .y_desc("Gbit/s")
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
@@ -79,7 +80,7 @@ pub fn write_svg(out: &Path, paths: &[PathSamples]) -> Result<()> {
         .iter()
         .map(|p| median(p, Metric::ConnRate))
         .fold(1.0, f64::max)
-        * 1.15;
+        * 1.4; // headroom for the legend
     let mut chart = ChartBuilder::on(&right)
         .caption("short connections per second", ("sans-serif", 22))
         .margin(12)
@@ -100,6 +101,8 @@ pub fn write_svg(out: &Path, paths: &[PathSamples]) -> Result<()> {
                 String::new()
             }
         })
+        .x_label_style(("sans-serif", 11))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .y_desc("connections/s")
         .draw()
         .map_err(|e| anyhow!("{e}"))?;

@@ -6,7 +6,8 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 
 use crate::paths::NetPath;
-use rootless_lab::Lab;
+use rootless_lab::peer::Server;
+use rootless_lab::{Lab, PeerHost};
 
 /// One number the benchmark reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -64,11 +65,54 @@ impl Metric {
     }
 }
 
-/// Where the servers listen in the peer host.
-pub struct Servers {
-    pub iperf: String,
+/// The servers in the peer host.
+pub struct Servers<'a> {
+    pub peer: &'a PeerHost,
+    pub iperf_port: u16,
     pub echo: String,
     pub accept_close: String,
+}
+
+impl Servers<'_> {
+    /// A one-off iperf3 server for one measurement: a test that went wrong on
+    /// one path (a client that vanished mid-test) cannot wedge the next.
+    fn fresh_iperf(&self) -> Result<Server> {
+        let port = self.iperf_port.to_string();
+        let addr = self.peer.addr.to_string();
+        let mut server = self.peer.spawn(
+            "iperf3",
+            &[
+                "-s",
+                "-1",
+                "-B",
+                &addr,
+                "-p",
+                &port,
+                "--idle-timeout",
+                "60",
+                "--rcv-timeout",
+                "10000",
+            ],
+        )?;
+        // Its banner is buffered in a pipe, and a probing connect would be
+        // the one client it serves: watch its namespace's socket table.
+        let tcp = format!("/proc/{}/net/tcp", server.child.id());
+        let listening = format!(":{:04X} 00000000:0000 0A", self.iperf_port);
+        let ready = rootless_lab::wait_for("the iperf3 server to listen", Duration::from_secs(10), || {
+            std::fs::read_to_string(&tcp)
+                .ok()
+                .filter(|t| t.contains(&listening))
+        });
+        if let Err(e) = ready {
+            let status = server.child.try_wait().ok().flatten();
+            let mut stderr = String::new();
+            if let (Some(_), Some(mut err)) = (status, server.child.stderr.take()) {
+                std::io::Read::read_to_string(&mut err, &mut stderr)?;
+            }
+            anyhow::bail!("{e} (exit status {status:?}): {}", stderr.trim());
+        }
+        Ok(server)
+    }
 }
 
 pub struct ProbeSettings {
@@ -85,7 +129,8 @@ pub fn measure_all(
 ) -> Result<Vec<(Metric, f64)>> {
     let secs = settings.seconds.to_string();
     let timeout = Duration::from_secs(u64::from(settings.seconds) + 60);
-    let (host, port) = servers.iperf.rsplit_once(':').context("iperf address")?;
+    let host = servers.peer.addr.to_string();
+    let port = servers.iperf_port.to_string();
     let mut samples = Vec::new();
     for (metric, reverse, streams) in [
         (Metric::Up1, false, "1"),
@@ -93,11 +138,15 @@ pub fn measure_all(
         (Metric::Down1, true, "1"),
         (Metric::Down4, true, "4"),
     ] {
-        let mut args = vec!["iperf3", "-c", host, "-p", port, "-t", &secs, "-P", streams, "-J"];
+        let mut args = vec![
+            "iperf3", "-c", &host, "-p", &port, "-t", &secs, "-P", streams, "-J",
+        ];
+        args.extend(["--connect-timeout", "5000"]);
         if reverse {
-            args.push("-R");
+            // The client's receive timeout exists only when it receives.
+            args.extend(["-R", "--rcv-timeout", "10000"]);
         }
-        let out = path.run(lab, &args, timeout)?;
+        let out = path.run_with(lab, &args, timeout, || servers.fresh_iperf())?;
         samples.push((metric, iperf_gbits(&out)?));
     }
     let out = path.run(

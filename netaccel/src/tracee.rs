@@ -69,10 +69,21 @@ pub fn copy_fd(pidfd: impl AsFd, fd: RawFd) -> io::Result<OwnedFd> {
 }
 
 /// Whether the caller's fd `fd` has FD_CLOEXEC set. That flag belongs to the
-/// caller's fd table, not the file, so it is read from /proc.
+/// caller's fd table, not the file, so it is read from /proc (one open, one
+/// read: this is on every bypassed connect).
 pub fn fd_is_cloexec(tid: u32, fd: RawFd) -> io::Result<bool> {
-    let info = std::fs::read_to_string(format!("/proc/{tid}/fdinfo/{fd}"))?;
-    parse_fdinfo_cloexec(&info)
+    let path = format!("/proc/{tid}/fdinfo/{fd}");
+    let file = rustix::fs::open(
+        path.as_str(),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    // "pos:" and "flags:" come first; 256 bytes always hold them.
+    let mut buf = [0u8; 256];
+    let n = rustix::io::read(&file, &mut buf)?;
+    std::str::from_utf8(&buf[..n])
+        .ok()
+        .and_then(parse_fdinfo_cloexec)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no flags in fdinfo"))
 }
 
