@@ -86,6 +86,31 @@ fn peer_echo(s: &Setup, port: u16) -> (Server, String) {
     (server, addr)
 }
 
+/// An echo server on the host's loopback (where containers must never land
+/// through netaccel), run as the test user; returns it and its address.
+fn host_loopback_server(s: &Setup) -> (Server, String) {
+    let mut server = s
+        .lab
+        .user_command(&s.labnet_host)
+        .args(["serve", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map(|child| Server { child })
+        .expect("host loopback server");
+    let addr = listening(&mut server).expect("host loopback server listening");
+    (server, addr)
+}
+
+/// A listener in the peer whose full accept queue drops SYNs: connects to
+/// it hang.
+fn peer_blackhole(s: &Setup, port: u16) -> (Server, String) {
+    let labnet = s.labnet_host.to_str().expect("utf-8 path");
+    let addr = format!("{}:{port}", s.peer.addr);
+    let mut hole = s.peer.spawn(labnet, &["blackhole", &addr]).expect("blackhole");
+    listening(&mut hole).expect("blackhole ready");
+    (hole, addr)
+}
+
 #[test]
 fn connection_to_a_host_side_server_is_bypassed_with_data_intact() {
     let Some(s) = setup("connection_to_a_host_side_server_is_bypassed_with_data_intact") else {
@@ -216,20 +241,8 @@ fn ignored_destinations_keep_the_slirp4netns_path() {
 
     // 10.0.2.2 is in the container's own subnet (read from its namespace by
     // netlink): slirp4netns carries it to the host's loopback.
-    let mut host_server = s
-        .lab
-        .user_command(&s.labnet_host)
-        .args(["serve", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .map(|child| Server { child })
-        .expect("host loopback server");
-    let port = listening(&mut host_server)
-        .expect("listening")
-        .rsplit(':')
-        .next()
-        .expect("port")
-        .to_owned();
+    let (host_server, host_addr) = host_loopback_server(&s);
+    let port = host_addr.rsplit(':').next().expect("port").to_owned();
     let via_gateway = format!("{SLIRP_HOST_LOOPBACK}:{port}");
     let r = labnet_in(&s, &d, &[], &["connect", &via_gateway]);
     assert_eq!(r["echo_intact"], true, "{r}");
@@ -328,15 +341,7 @@ fn rewriting_the_sockaddr_after_the_check_never_reaches_host_loopback() {
     let d = daemon(&s.lab, &[]);
     let (_server, good) = peer_echo(&s, 7707);
     // A server on the host's loopback, where no container may ever land.
-    let mut evil_server = s
-        .lab
-        .user_command(&s.labnet_host)
-        .args(["serve", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .map(|child| Server { child })
-        .expect("host loopback server");
-    let evil = listening(&mut evil_server).expect("listening");
+    let (evil_server, evil) = host_loopback_server(&s);
 
     let r = labnet_in(&s, &d, &[], &["race", &good, &evil, "--iterations", "1500"]);
     let seen = evil_server.finish().expect("server output");
@@ -379,10 +384,7 @@ fn a_slow_connect_does_not_stall_other_threads() {
     };
     let d = daemon(&s.lab, &[]);
     let (_server, fast) = peer_echo(&s, 7708);
-    let labnet = s.labnet_host.to_str().expect("path");
-    let slow = format!("{}:7709", s.peer.addr);
-    let mut hole = s.peer.spawn(labnet, &["blackhole", &slow]).expect("blackhole");
-    listening(&mut hole).expect("blackhole ready");
+    let (_hole, slow) = peer_blackhole(&s, 7709);
 
     let r = labnet_in(&s, &d, &[], &["threads", &slow, &fast]);
     assert_eq!(r["fast_ok"], true, "{r}");
@@ -418,10 +420,7 @@ fn a_container_killed_during_a_pending_connect_leaves_the_daemon_serving() {
         return;
     };
     let mut d = daemon(&s.lab, &[]);
-    let labnet = s.labnet_host.to_str().expect("path");
-    let slow = format!("{}:7711", s.peer.addr);
-    let mut hole = s.peer.spawn(labnet, &["blackhole", &slow]).expect("blackhole");
-    listening(&mut hole).expect("blackhole ready");
+    let (_hole, slow) = peer_blackhole(&s, 7711);
     let profile = d.profile(&s.lab, &[]).expect("profile");
     let config = ContainerConfig {
         seccomp: Some(profile),
@@ -542,19 +541,8 @@ fn a_bypassed_socket_cannot_be_turned_towards_host_loopback_later() {
     let Some(s) = setup(test) else { return };
     let d = daemon(&s.lab, &[]);
     let (_server, good) = peer_echo(&s, 7716);
-    let labnet = s.labnet_host.to_str().expect("path");
-    let hole = format!("{}:7717", s.peer.addr);
-    let mut blackhole = s.peer.spawn(labnet, &["blackhole", &hole]).expect("blackhole");
-    listening(&mut blackhole).expect("blackhole ready");
-    let mut evil_server = s
-        .lab
-        .user_command(&s.labnet_host)
-        .args(["serve", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .map(|child| Server { child })
-        .expect("host loopback server");
-    let evil = listening(&mut evil_server).expect("listening");
+    let (_blackhole, hole) = peer_blackhole(&s, 7717);
+    let (evil_server, evil) = host_loopback_server(&s);
 
     let r = labnet_in(&s, &d, &[], &["escape", &good, &hole, &evil]);
     // Both sockets really were host sockets before the attempts.
@@ -570,4 +558,44 @@ fn a_bypassed_socket_cannot_be_turned_towards_host_loopback_later() {
         !seen.contains("\"peer\""),
         "a container reached host loopback: {seen}\n{r}"
     );
+}
+
+#[test]
+fn the_runtime_wrapper_keeps_the_engines_profile_and_adds_the_fast_path() {
+    let test = "the_runtime_wrapper_keeps_the_engines_profile_and_adds_the_fast_path";
+    let Some(s) = setup(test) else { return };
+    let d = daemon(&s.lab, &[]);
+    let (_server, addr) = peer_echo(&s, 7718);
+    // What an engine would call instead of runc: a link named netaccel-runc.
+    let link = s.lab.bin_dir().join("netaccel-runc");
+    std::os::unix::fs::symlink(s.lab.bin_dir().join("netaccel"), &link).expect("link");
+    // The engine's own profile: mkdir denied, connect explicitly allowed.
+    let engine_profile = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+            {"names": ["connect", "getpid"], "action": "SCMP_ACT_ALLOW"}
+        ]
+    });
+    let config = ContainerConfig {
+        seccomp: Some(engine_profile),
+        runtime: link,
+        ..Default::default()
+    };
+    let script = format!("mkdir /tmp/x 2>/dev/null; echo mkdir=$?; /lab/labnet connect {addr}");
+    let out =
+        Container::run(&s.lab, config, &["sh", "-c", &script], Duration::from_secs(60)).expect("container");
+    assert!(
+        out.stdout.contains("mkdir=1"),
+        "the engine's mkdir rule was dropped: {out:?}"
+    );
+    let r = json_line(&out.stdout);
+    assert_eq!(r["echo_intact"], true, "{r}");
+    assert_eq!(
+        r["local"].as_str().unwrap_or_default().split(':').next(),
+        Some(s.peer.host_addr.to_string().as_str()),
+        "{r}"
+    );
+    assert_eq!(d.bypassed_to(&addr), 1, "daemon log:\n{}", d.log_text());
 }

@@ -79,12 +79,13 @@ impl NetPath {
                 return run(lab.user_command(program).args(&args[1..]));
             }
             NetPath::Container { net } => ContainerConfig {
-                seccomp: None,
                 net: *net,
+                ..Default::default()
             },
             NetPath::Netaccel { profile } => ContainerConfig {
                 seccomp: Some(profile.clone()),
                 net: UserNet::Slirp4netns { mtu: 65520 },
+                ..Default::default()
             },
         };
         let mut argv: Vec<&str> = args.to_vec();

@@ -16,6 +16,16 @@ const THROUGHPUT: [(Metric, &str); 4] = [
     (Metric::Down4, "down, 4 streams"),
 ];
 
+/// Names categories at their centres (x = i + 0.5) and leaves other ticks blank.
+fn category_label(x: f64, names: &[String]) -> String {
+    let i = x - 0.5;
+    if (i - i.round()).abs() < 1e-6 && i >= 0.0 {
+        names.get(i.round() as usize).cloned().unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
 fn median(p: &PathSamples, m: Metric) -> f64 {
     p.summary(m).map(|s| s.median).unwrap_or(0.0)
 }
@@ -25,6 +35,7 @@ pub fn write_svg(out: &Path, paths: &[PathSamples]) -> Result<()> {
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let (left, right) = root.split_horizontally(820);
     let bar = 0.8 / paths.len().max(1) as f64;
+    let groups: Vec<String> = THROUGHPUT.iter().map(|(_, l)| l.to_string()).collect();
 
     let top = paths
         .iter()
@@ -42,17 +53,7 @@ pub fn write_svg(out: &Path, paths: &[PathSamples]) -> Result<()> {
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(THROUGHPUT.len() * 2 + 1)
-        .x_label_formatter(&|x| {
-            let g = x - 0.5;
-            if (g - g.round()).abs() < 1e-6 && g >= 0.0 {
-                THROUGHPUT
-                    .get(g.round() as usize)
-                    .map(|(_, l)| l.to_string())
-                    .unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        .x_label_formatter(&|x| category_label(*x, &groups))
         .y_label_formatter(&|v| format!("{v:.0}"))
         .y_desc("Gbit/s")
         .draw()
@@ -93,14 +94,7 @@ pub fn write_svg(out: &Path, paths: &[PathSamples]) -> Result<()> {
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(paths.len() * 2 + 1)
-        .x_label_formatter(&|x| {
-            let g = x - 0.5;
-            if (g - g.round()).abs() < 1e-6 && g >= 0.0 {
-                names.get(g.round() as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        .x_label_formatter(&|x| category_label(*x, &names))
         .x_label_style(("sans-serif", 11))
         .y_label_formatter(&|v| format!("{v:.0}"))
         .y_desc("connections/s")

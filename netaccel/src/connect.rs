@@ -302,23 +302,25 @@ pub async fn handle(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<Ou
     for refused in opts.apply_changed(&host, defaults) {
         tracing::debug!(option = refused.option, errno = %refused.errno, "option not replayed on host socket");
     }
-    let answer = match rustix::net::connect(&host, &dst) {
-        Ok(()) => Answer::Return(0),
-        Err(e) if e == rustix::io::Errno::INPROGRESS => match connect_result_now(&host) {
-            // Linux answers a non-blocking TCP connect with EINPROGRESS even
-            // when the handshake is already done; so do we.
-            Some(0) if nonblocking => Answer::Return(-libc::EINPROGRESS),
-            Some(0) => Answer::Return(0),
-            // Failed at once: the container keeps its own, untouched socket.
-            Some(errno) => return fail(ctx, n, dst, errno),
-            None if nonblocking => Answer::Return(-libc::EINPROGRESS),
-            // Blocking: the kernel re-runs connect on the installed socket,
-            // which is already connecting, so it ignores the (re-read)
-            // address and waits in the caller's own context, with its
-            // SO_SNDTIMEO and signals, and returns the real result.
-            None => Answer::Continue,
-        },
-        Err(e) => return fail(ctx, n, dst, e.raw_os_error()),
+    let finished = match rustix::net::connect(&host, &dst) {
+        Ok(()) => Some(0),
+        Err(e) if e == rustix::io::Errno::INPROGRESS => connect_result_now(&host),
+        Err(e) => Some(e.raw_os_error()),
+    };
+    let answer = match finished {
+        // Linux answers a non-blocking TCP connect with EINPROGRESS even when
+        // the handshake is already done; so do we.
+        Some(0) | None if nonblocking => Answer::Return(-libc::EINPROGRESS),
+        Some(0) => Answer::Return(0),
+        // Failed at once: the error now (POSIX allows it for non-blocking
+        // sockets too), and the container keeps its own untouched socket
+        // instead of a failed host one.
+        Some(errno) => return fail(ctx, n, dst, errno),
+        // Blocking: the kernel re-runs connect on the installed socket, which
+        // is already connecting, so it ignores the (re-read) address and
+        // waits in the caller's own context, with its SO_SNDTIMEO and
+        // signals, and returns the real result.
+        None => Answer::Continue,
     };
     install(ctx, n, call, dst, host, cloexec, nonblocking, answer)
 }

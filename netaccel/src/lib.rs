@@ -8,7 +8,7 @@
 //! - policy, plain Rust: [`sockaddr`], [`ignore`], [`connect`] (verdicts),
 //!   [`sockopts`] (what to replay), [`route`] (egress pinning);
 //! - serving: [`ifaddrs`], [`container`], [`daemon`]; and [`state`] /
-//!   [`profile`] for the runtime protocol.
+//!   [`profile`] for the runtime protocol; [`runtime`], the OCI runtime wrapper.
 
 pub mod connect;
 pub mod container;
@@ -20,6 +20,7 @@ pub mod netns;
 pub mod notify;
 pub mod profile;
 pub mod route;
+pub mod runtime;
 pub mod sockaddr;
 pub mod sockopts;
 pub mod state;

@@ -48,6 +48,22 @@ enum Command {
         #[arg(long = "ignore", value_name = "CIDR")]
         ignore: Vec<IpNet>,
     },
+    /// OCI runtime wrapper: merge the fast path into the bundle's seccomp
+    /// profile on create/run, then exec the real runtime with the same
+    /// arguments. Engines can also run this binary as `netaccel-runc` or
+    /// `netaccel-crun` (a link), configured by NETACCEL_SOCKET and
+    /// NETACCEL_IGNORE (comma-separated CIDRs).
+    Runtime {
+        /// Daemon socket to put in listenerPath [default: $XDG_RUNTIME_DIR/netaccel/netaccel.sock].
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Destination CIDR that keeps the normal path for this container (repeatable).
+        #[arg(long = "ignore", value_name = "CIDR")]
+        ignore: Vec<IpNet>,
+        /// The real runtime and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "RUNTIME ARGS")]
+        command: Vec<std::ffi::OsString>,
+    },
     /// Internal: open a route socket inside another process's network namespace.
     #[command(name = "netns-route-socket", hide = true)]
     NetnsRouteSocket { pid: u32 },
@@ -62,9 +78,62 @@ fn socket_or_default(socket: Option<PathBuf>) -> Result<PathBuf> {
     }
 }
 
+/// Patches the bundle when the command line creates a container, then
+/// replaces this process with the real runtime.
+fn run_runtime(
+    socket: Option<PathBuf>,
+    ignore: Vec<IpNet>,
+    real: &std::ffi::OsStr,
+    args: &[std::ffi::OsString],
+) -> Result<()> {
+    use netaccel::runtime::{bundle_dir, creates_container, patch_bundle, subcommand};
+    if creates_container(args) {
+        let socket = socket_or_default(socket)?;
+        let profile = NotifyProfile::new(&socket, &ContainerSettings { ignore })?;
+        let after = subcommand(args).map(|(i, _)| &args[i + 1..]).unwrap_or_default();
+        let bundle = bundle_dir(after);
+        patch_bundle(&bundle, &profile)
+            .with_context(|| format!("adding the netaccel fast path to bundle {}", bundle.display()))?;
+    }
+    let err = std::os::unix::process::CommandExt::exec(std::process::Command::new(real).args(args));
+    Err(anyhow::Error::new(err).context(format!("executing the real runtime {}", real.to_string_lossy())))
+}
+
+/// `netaccel-runc …` / `netaccel-crun …`: the wrapper, configured from the environment.
+fn run_as_link(runtime: &str) -> Result<()> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let socket = std::env::var_os("NETACCEL_SOCKET").map(PathBuf::from);
+    let ignore = std::env::var("NETACCEL_IGNORE")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|c| !c.trim().is_empty())
+        .map(|c| {
+            c.trim()
+                .parse::<IpNet>()
+                .with_context(|| format!("NETACCEL_IGNORE: {c:?} is not a CIDR"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    run_runtime(socket, ignore, std::ffi::OsStr::new(runtime), &args)
+}
+
 fn main() -> Result<()> {
+    if let Some(runtime) = std::env::args_os()
+        .next()
+        .as_deref()
+        .and_then(netaccel::runtime::runtime_from_link_name)
+    {
+        return run_as_link(runtime);
+    }
     let cli = Cli::parse();
     match cli.command {
+        Command::Runtime {
+            socket,
+            ignore,
+            command,
+        } => match command.split_first() {
+            Some((real, args)) => run_runtime(socket, ignore, real, args),
+            None => bail!("name the real runtime after --, e.g. netaccel runtime -- runc create …"),
+        },
         // Must stay single-threaded until it has entered the namespaces.
         Command::NetnsRouteSocket { pid } => netaccel::ifaddrs::run_helper(pid)
             .with_context(|| format!("opening a route socket in the network namespace of pid {pid}")),

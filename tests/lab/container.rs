@@ -65,6 +65,8 @@ pub struct ContainerConfig {
     /// `linux.seccomp` to install (e.g. from `netaccel profile`).
     pub seccomp: Option<Value>,
     pub net: UserNet,
+    /// The OCI runtime the lab calls (an engine's view): runc, or a wrapper.
+    pub runtime: PathBuf,
 }
 
 impl Default for ContainerConfig {
@@ -72,6 +74,7 @@ impl Default for ContainerConfig {
         Self {
             seccomp: None,
             net: UserNet::Slirp4netns { mtu: 65520 },
+            runtime: PathBuf::from("runc"),
         }
     }
 }
@@ -80,6 +83,7 @@ pub struct Container<'a> {
     lab: &'a Lab,
     pub id: String,
     runc_root: PathBuf,
+    runtime: PathBuf,
     bundle: PathBuf,
     /// The container's init in the host pid namespace.
     pub pid: u32,
@@ -171,7 +175,7 @@ impl<'a> Container<'a> {
         lab.chown(&bundle.join("stdout"))?;
         lab.chown(&bundle.join("stderr"))?;
         let created = lab
-            .user_command("runc")
+            .user_command(&config.runtime)
             .arg("--root")
             .arg(&runc_root)
             .args(["create", "--bundle"])
@@ -188,6 +192,7 @@ impl<'a> Container<'a> {
             lab,
             id,
             runc_root,
+            runtime: config.runtime.clone(),
             bundle: bundle.clone(),
             pid: 0,
             user_net: None,
@@ -224,7 +229,7 @@ impl<'a> Container<'a> {
     }
 
     fn runc(&self) -> Command {
-        let mut cmd = self.lab.user_command("runc");
+        let mut cmd = self.lab.user_command(&self.runtime);
         cmd.arg("--root").arg(&self.runc_root);
         cmd
     }
