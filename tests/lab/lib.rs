@@ -9,6 +9,7 @@
 
 pub mod container;
 pub mod daemon;
+pub mod docker;
 pub mod peer;
 pub mod prereq;
 pub mod seccomp;
@@ -36,7 +37,16 @@ impl Lab {
     /// A lab for `test`, or `None` (after printing why) when this machine
     /// lacks a prerequisite and we are not in CI. In CI it panics instead.
     pub fn new_or_skip(test: &str) -> Option<Lab> {
-        match prereq::check_lab() {
+        Self::new_checked(test, prereq::check_lab)
+    }
+
+    /// Like [`Lab::new_or_skip`], for tests that also need rootless Docker.
+    pub fn with_docker_or_skip(test: &str) -> Option<Lab> {
+        Self::new_checked(test, prereq::check_docker)
+    }
+
+    fn new_checked(test: &str, check: fn() -> Result<LabUser, String>) -> Option<Lab> {
+        match check() {
             Ok(user) => match Lab::create(user) {
                 Ok(lab) => Some(lab),
                 Err(e) => panic!("{test}: creating the lab failed: {e:#}"),

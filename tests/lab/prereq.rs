@@ -45,3 +45,19 @@ pub fn check_lab() -> Result<LabUser, String> {
     }
     Ok(user)
 }
+
+/// Rootless Docker (Debian's docker.io) on top of [`check_lab`].
+pub fn check_docker() -> Result<LabUser, String> {
+    let user = check_lab()?;
+    for path in [
+        crate::docker::DOCKERD_ROOTLESS,
+        crate::docker::DOCKER_CLI,
+        "/usr/sbin/dockerd",
+    ] {
+        if !Path::new(path).is_file() {
+            return Err(format!("{path} missing (Debian package docker.io)"));
+        }
+    }
+    tool("rootlesskit")?;
+    Ok(user)
+}
