@@ -39,7 +39,7 @@ pub struct DaemonConfig {
 pub enum DaemonError {
     #[error("cannot create socket directory {dir}: {source}")]
     SocketDir { dir: PathBuf, source: io::Error },
-    #[error("another netaccel daemon is already listening on {socket}; stop it or pass --socket")]
+    #[error("another daemon is already listening on {socket}; stop it or choose another socket")]
     AlreadyRunning { socket: PathBuf },
     #[error("cannot remove stale socket {socket}: {source}")]
     StaleSocket { socket: PathBuf, source: io::Error },
@@ -52,11 +52,47 @@ pub enum DaemonError {
 }
 
 /// What every registration shares.
-struct Shared {
+pub(crate) struct Shared {
     config: DaemonConfig,
     host_netns: Option<NetnsId>,
     defaults: Arc<HostDefaults>,
     routes: Arc<Routes>,
+}
+
+/// Binds a unix socket only its owner can use (directory 0700, socket 0600),
+/// refusing to steal it from a live server and replacing a stale one.
+pub async fn bind_private_socket(socket: &Path) -> Result<UnixListener, DaemonError> {
+    let socket = socket.to_owned();
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| DaemonError::SocketDir {
+                dir: dir.to_owned(),
+                source,
+            })?;
+    }
+    if socket.exists() {
+        if UnixStream::connect(&socket).await.is_ok() {
+            return Err(DaemonError::AlreadyRunning { socket });
+        }
+        std::fs::remove_file(&socket).map_err(|source| DaemonError::StaleSocket {
+            socket: socket.clone(),
+            source,
+        })?;
+    }
+    let listener = UnixListener::bind(&socket).map_err(|source| DaemonError::Bind {
+        socket: socket.clone(),
+        source,
+    })?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        DaemonError::Bind {
+            socket: socket.clone(),
+            source,
+        }
+    })?;
+    Ok(listener)
 }
 
 /// A bound daemon socket, ready to serve.
@@ -69,36 +105,7 @@ impl Daemon {
     /// Creates the socket (directory mode 0700, socket 0600), refusing to
     /// steal it from a live daemon and cleaning up a stale one.
     pub async fn bind(config: DaemonConfig) -> Result<Self, DaemonError> {
-        let socket = config.socket.clone();
-        if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|source| DaemonError::SocketDir {
-                    dir: dir.to_owned(),
-                    source,
-                })?;
-        }
-        if socket.exists() {
-            if UnixStream::connect(&socket).await.is_ok() {
-                return Err(DaemonError::AlreadyRunning { socket });
-            }
-            std::fs::remove_file(&socket).map_err(|source| DaemonError::StaleSocket {
-                socket: socket.clone(),
-                source,
-            })?;
-        }
-        let listener = UnixListener::bind(&socket).map_err(|source| DaemonError::Bind {
-            socket: socket.clone(),
-            source,
-        })?;
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
-            DaemonError::Bind {
-                socket: socket.clone(),
-                source,
-            }
-        })?;
+        let listener = bind_private_socket(&config.socket).await?;
         let defaults = HostDefaults::probe().map_err(|e| DaemonError::HostDefaults { source: e.into() })?;
         let routes = Routes::open().map_err(|source| DaemonError::Routes { source })?;
         Ok(Self {
@@ -116,32 +123,42 @@ impl Daemon {
         &self.shared.config.socket
     }
 
+    /// What registrations on any socket of this daemon share (for the API).
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
     /// Accepts registrations until `shutdown` resolves, then removes the socket.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tracing::info!(socket = %self.socket().display(), ignore = ?self.shared.config.ignore.nets(), "netaccel daemon listening");
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        let shared = self.shared.clone();
-                        tokio::spawn(async move { register(stream, shared).await });
-                    }
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                _ = &mut shutdown => break,
-            }
+        tokio::select! {
+            _ = accept_loop(&self.listener, self.shared.clone(), IgnoreList::default()) => {}
+            _ = shutdown => {}
         }
         let _ = std::fs::remove_file(self.socket());
         tracing::info!("netaccel daemon stopped");
     }
 }
 
-async fn register(stream: UnixStream, shared: Arc<Shared>) {
+/// Serves registrations arriving on `listener`; `extra` is ignored by every
+/// container registered through it (on top of the daemon's and its own).
+pub(crate) async fn accept_loop(listener: &UnixListener, shared: Arc<Shared>, extra: IgnoreList) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let (shared, extra) = (shared.clone(), extra.clone());
+                tokio::spawn(async move { register(stream, shared, extra).await });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn register(stream: UnixStream, shared: Arc<Shared>, extra: IgnoreList) {
     let msg = match tokio::time::timeout(REGISTRATION_TIMEOUT, fdpass::read_message(&stream, MAX_STATE_LEN))
         .await
     {
@@ -179,7 +196,7 @@ async fn register(stream: UnixStream, shared: Arc<Shared>) {
         Err(all) => return pass_through_all(all, "several fds where one was expected"),
     };
     let id = state.state.id.clone();
-    match accelerate(&state, &shared).await {
+    match accelerate(&state, &shared, extra).await {
         Ok(mode) => {
             if let Err(e) = notify.enable_sync_wake_up() {
                 tracing::debug!(container = %id, error = %e, "synchronous wake-up unavailable (Linux < 6.6)");
@@ -219,7 +236,11 @@ fn pass_through_all(fds: Vec<NotifyFd>, why: &str) {
     }
 }
 
-async fn accelerate(state: &ContainerProcessState, shared: &Shared) -> Result<Mode, String> {
+async fn accelerate(
+    state: &ContainerProcessState,
+    shared: &Shared,
+    extra: IgnoreList,
+) -> Result<Mode, String> {
     let settings = state.settings().map_err(|e| e.to_string())?;
     let netns = NetnsId::of_pid(state.pid).map_err(|e| format!("netns of pid {}: {e}", state.pid))?;
     if Some(netns) == shared.host_netns {
@@ -227,6 +248,7 @@ async fn accelerate(state: &ContainerProcessState, shared: &Shared) -> Result<Mo
     }
     let mut base = shared.config.ignore.clone();
     base.extend(settings.ignore);
+    base.extend(extra.nets().iter().copied());
     let ignore = Arc::new(RwLock::new(base.clone()));
     let route = route_socket_in_netns_of(&shared.config.helper_exe, state.pid)
         .await

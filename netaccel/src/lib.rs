@@ -7,9 +7,11 @@
 //!   memory and fds), [`netns`] (namespace identity), [`fdpass`];
 //! - policy, plain Rust: [`sockaddr`], [`ignore`], [`connect`] (verdicts),
 //!   [`sockopts`] (what to replay), [`route`] (egress pinning);
-//! - serving: [`ifaddrs`], [`container`], [`daemon`]; and [`state`] /
+//! - serving: [`ifaddrs`], [`container`], [`daemon`], [`api`] (the
+//!   bypass4netnsd-compatible HTTP API); and [`state`] /
 //!   [`profile`] for the runtime protocol; [`runtime`], the OCI runtime wrapper.
 
+pub mod api;
 pub mod connect;
 pub mod container;
 pub mod daemon;

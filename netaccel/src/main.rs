@@ -38,6 +38,13 @@ enum Command {
         /// Log filter, e.g. info, debug, netaccel=trace [env: RUST_LOG].
         #[arg(long, default_value = "info")]
         log_level: String,
+        /// Socket of the bypass4netnsd-compatible API for nerdctl
+        /// [default: $XDG_RUNTIME_DIR/bypass4netnsd.sock].
+        #[arg(long)]
+        api_socket: Option<PathBuf>,
+        /// Do not serve the bypass4netnsd-compatible API.
+        #[arg(long, conflicts_with = "api_socket")]
+        no_api: bool,
     },
     /// Print the seccomp profile (OCI `linux.seccomp`) that sends a container to the daemon.
     Profile {
@@ -147,6 +154,8 @@ fn main() -> Result<()> {
             socket,
             ignore,
             log_level,
+            api_socket,
+            no_api,
         } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log_level))
@@ -162,9 +171,33 @@ fn main() -> Result<()> {
                 helper_exe: std::env::current_exe().context("locating the netaccel executable")?,
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let api_socket = if no_api {
+                None
+            } else {
+                api_socket.or_else(netaccel::api::default_api_socket)
+            };
             runtime.block_on(async {
                 let daemon = Daemon::bind(config).await?;
+                let api = match &api_socket {
+                    Some(path) => {
+                        // Clients may only ask for sockets next to the API's own.
+                        let runtime_dir = path.parent().map(PathBuf::from).unwrap_or_default();
+                        let api = netaccel::api::BypassApi::new(&daemon, runtime_dir);
+                        let listener = netaccel::daemon::bind_private_socket(path)
+                            .await
+                            .context("serving the bypass4netnsd API (or pass --no-api)")?;
+                        tracing::info!(socket = %path.display(), "bypass4netnsd-compatible API listening");
+                        let server = tokio::spawn(api.clone().serve(listener));
+                        Some((api, server))
+                    }
+                    None => None,
+                };
                 daemon.run(shutdown_signal()).await;
+                if let (Some((api, server)), Some(path)) = (api, &api_socket) {
+                    server.abort();
+                    api.stop_all();
+                    let _ = std::fs::remove_file(path);
+                }
                 Ok(())
             })
         }

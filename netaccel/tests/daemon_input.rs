@@ -29,7 +29,7 @@ impl Daemon {
         let socket = dir.path().join("netaccel.sock");
         let log = dir.path().join("daemon.log");
         let child = Command::new(env!("CARGO_BIN_EXE_netaccel"))
-            .args(["daemon", "--log-level", "debug", "--socket"])
+            .args(["daemon", "--no-api", "--log-level", "debug", "--socket"])
             .arg(&socket)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -183,7 +183,7 @@ fn messages_without_a_notify_fd_are_logged_and_dropped() {
 fn a_second_daemon_on_the_same_socket_is_refused() {
     let d = Daemon::start();
     let out = Command::new(env!("CARGO_BIN_EXE_netaccel"))
-        .args(["daemon", "--socket"])
+        .args(["daemon", "--no-api", "--socket"])
         .arg(&d.socket)
         .output()
         .expect("run");

@@ -1,0 +1,292 @@
+//! The bypass4netnsd-compatible HTTP API, so nerdctl (≥ 2.0, annotation
+//! `nerdctl/bypass4netns=true`) works against netaccel unchanged. Over a unix
+//! socket, base path `/v1`:
+//!
+//! - `GET /bypass` → 200, `[BypassStatus]`
+//! - `POST /bypass` with a `BypassSpec` → 201, `BypassStatus`: netaccel starts
+//!   serving `socketPath` (nerdctl puts it into the container's
+//!   `listenerPath`) with that container's settings
+//! - `DELETE /bypass/{id}` → 200, empty: stops serving it and removes it
+//!
+//! Every error is a 400 with `{"message": "…"}`, as in the original.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::Router;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use tokio::net::UnixListener;
+use tokio::task::JoinHandle;
+
+use crate::daemon::{accept_loop, bind_private_socket, Shared};
+use crate::ignore::IgnoreList;
+
+/// What nerdctl posts (fields as in bypass4netns' `api.BypassSpec`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BypassSpec {
+    pub id: String,
+    pub socket_path: String,
+    pub pid_file_path: String,
+    pub log_file_path: String,
+    pub port_mapping: Vec<PortSpec>,
+    /// CIDRs, or `auto` for the container's own subnets (which netaccel
+    /// always ignores).
+    pub ignore_subnets: Vec<String>,
+    pub ignore_bind: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PortSpec {
+    pub protos: Vec<String>,
+    #[serde(rename = "parentIP")]
+    pub parent_ip: String,
+    pub parent_port: u16,
+    #[serde(rename = "childIP")]
+    pub child_ip: String,
+    pub child_port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BypassStatus {
+    pub id: String,
+    pub pid: u32,
+    pub spec: BypassSpec,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid BypassSpec JSON: {0}")]
+    Json(String),
+    #[error("id is empty")]
+    NoId,
+    #[error("bypass {0:?} already exists; DELETE it first")]
+    Duplicate(String),
+    #[error("bypass {0:?} not found")]
+    NotFound(String),
+    #[error("socketPath {path:?} must be an absolute path inside {runtime_dir} (no \"..\")")]
+    SocketOutside { path: String, runtime_dir: String },
+    #[error("ignoreSubnets entry {0:?} is neither a CIDR nor \"auto\"")]
+    BadSubnet(String),
+    #[error("cannot serve socketPath: {0}")]
+    Bind(String),
+    #[error("cannot write pidFilePath {path:?}: {source}")]
+    PidFile { path: String, source: std::io::Error },
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        json_response(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({ "message": self.to_string() }),
+        )
+    }
+}
+
+fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+}
+
+struct Bypass {
+    status: BypassStatus,
+    socket: PathBuf,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Bypass {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.socket);
+        if !self.status.spec.pid_file_path.is_empty() {
+            let _ = std::fs::remove_file(&self.status.spec.pid_file_path);
+        }
+    }
+}
+
+/// The API's state: the bypasses it serves.
+pub struct BypassApi {
+    shared: Arc<Shared>,
+    runtime_dir: PathBuf,
+    bypasses: Mutex<BTreeMap<String, Bypass>>,
+}
+
+impl BypassApi {
+    /// `runtime_dir` bounds where clients may ask for sockets.
+    pub fn new(daemon: &crate::daemon::Daemon, runtime_dir: PathBuf) -> Arc<Self> {
+        Arc::new(Self {
+            shared: daemon.shared(),
+            runtime_dir,
+            bypasses: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Serves the API on `listener` until the task is dropped or aborted.
+    pub async fn serve(self: Arc<Self>, listener: UnixListener) -> std::io::Result<()> {
+        let app = Router::new()
+            .route("/v1/bypass", get(list).post(create))
+            .route("/v1/bypass/{id}", delete(remove))
+            .with_state(self);
+        axum::serve(listener, app).await
+    }
+
+    fn list(&self) -> Vec<BypassStatus> {
+        self.bypasses
+            .lock()
+            .map(|b| b.values().map(|x| x.status.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn check_socket_path(&self, path: &str) -> Result<PathBuf, ApiError> {
+        let p = PathBuf::from(path);
+        let inside = p.is_absolute()
+            && p.starts_with(&self.runtime_dir)
+            && !p.components().any(|c| matches!(c, Component::ParentDir));
+        if !inside {
+            return Err(ApiError::SocketOutside {
+                path: path.to_owned(),
+                runtime_dir: self.runtime_dir.display().to_string(),
+            });
+        }
+        Ok(p)
+    }
+
+    async fn start(&self, spec: BypassSpec) -> Result<BypassStatus, ApiError> {
+        if spec.id.is_empty() {
+            return Err(ApiError::NoId);
+        }
+        if self.bypasses.lock().is_ok_and(|b| b.contains_key(&spec.id)) {
+            return Err(ApiError::Duplicate(spec.id));
+        }
+        let socket = self.check_socket_path(&spec.socket_path)?;
+        let extra = ignore_of(&spec.ignore_subnets)?;
+        let listener = bind_private_socket(&socket)
+            .await
+            .map_err(|e| ApiError::Bind(e.to_string()))?;
+        if !spec.pid_file_path.is_empty() {
+            std::fs::write(&spec.pid_file_path, format!("{}\n", std::process::id())).map_err(|source| {
+                ApiError::PidFile {
+                    path: spec.pid_file_path.clone(),
+                    source,
+                }
+            })?;
+        }
+        if !spec.port_mapping.is_empty() {
+            tracing::info!(id = %spec.id, "port mappings recorded; published ports keep the engine's forwarder");
+        }
+        let shared = self.shared.clone();
+        let task = tokio::spawn(async move { accept_loop(&listener, shared, extra).await });
+        let status = BypassStatus {
+            id: spec.id.clone(),
+            pid: std::process::id(),
+            spec,
+        };
+        tracing::info!(id = %status.id, socket = %socket.display(), "bypass started");
+        let bypass = Bypass {
+            status: status.clone(),
+            socket,
+            task,
+        };
+        let mut map = self
+            .bypasses
+            .lock()
+            .map_err(|_| ApiError::Bind("state lock poisoned".into()))?;
+        if map.contains_key(&status.id) {
+            // Lost a race with an identical POST: keep the first one.
+            return Err(ApiError::Duplicate(status.id.clone()));
+        }
+        map.insert(status.id.clone(), bypass);
+        Ok(status)
+    }
+
+    fn stop(&self, id: &str) -> Result<(), ApiError> {
+        let removed = self.bypasses.lock().ok().and_then(|mut b| b.remove(id));
+        match removed {
+            Some(_) => {
+                tracing::info!(id, "bypass stopped");
+                Ok(())
+            }
+            None => Err(ApiError::NotFound(id.to_owned())),
+        }
+    }
+
+    /// Stops every bypass (daemon shutdown).
+    pub fn stop_all(&self) {
+        if let Ok(mut b) = self.bypasses.lock() {
+            b.clear();
+        }
+    }
+}
+
+fn ignore_of(subnets: &[String]) -> Result<IgnoreList, ApiError> {
+    let mut nets = Vec::new();
+    for s in subnets {
+        if s == "auto" {
+            continue;
+        }
+        nets.push(s.parse::<IpNet>().map_err(|_| ApiError::BadSubnet(s.clone()))?);
+    }
+    Ok(IgnoreList::new(nets))
+}
+
+async fn list(State(api): State<Arc<BypassApi>>) -> Response {
+    json_response(StatusCode::OK, &api.list())
+}
+
+async fn create(State(api): State<Arc<BypassApi>>, body: Bytes) -> Result<Response, ApiError> {
+    let spec: BypassSpec = serde_json::from_slice(&body).map_err(|e| ApiError::Json(e.to_string()))?;
+    let status = api.start(spec).await?;
+    Ok(json_response(StatusCode::CREATED, &status))
+}
+
+async fn remove(
+    State(api): State<Arc<BypassApi>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<StatusCode, ApiError> {
+    api.stop(&id)?;
+    Ok(StatusCode::OK)
+}
+
+/// Default API socket: `$XDG_RUNTIME_DIR/bypass4netnsd.sock`, where nerdctl looks.
+pub fn default_api_socket() -> Option<PathBuf> {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(&d).join("bypass4netnsd.sock"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_parses_what_nerdctl_sends() {
+        let json = r#"{"id":"0123456789abcdef","socketPath":"/run/user/1000/bypass4netns/0123456789abcde.sock",
+            "pidFilePath":"/p","logFilePath":"/l","portMapping":[{"protos":["tcp"],"parentIP":"0.0.0.0",
+            "parentPort":8080,"childIP":"","childPort":80}],"ignoreSubnets":["10.4.0.0/24","auto"],"ignoreBind":true,
+            "unknownField":1}"#;
+        let spec: BypassSpec = serde_json::from_str(json).expect("parse");
+        assert_eq!(spec.port_mapping[0].parent_port, 8080);
+        assert_eq!(spec.port_mapping[0].parent_ip, "0.0.0.0");
+        assert!(spec.ignore_bind);
+        let list = ignore_of(&spec.ignore_subnets).expect("subnets");
+        assert_eq!(list.nets(), &["10.4.0.0/24".parse::<IpNet>().expect("net")]);
+        assert!(matches!(
+            ignore_of(&["10.4.0.0/33".into()]),
+            Err(ApiError::BadSubnet(_))
+        ));
+        let back = serde_json::to_value(&spec).expect("serialize");
+        assert_eq!(back["portMapping"][0]["parentIP"], "0.0.0.0");
+        assert_eq!(
+            back["socketPath"],
+            "/run/user/1000/bypass4netns/0123456789abcde.sock"
+        );
+    }
+}
