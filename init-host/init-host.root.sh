@@ -2,7 +2,7 @@
 # Prepares a Debian/Ubuntu host for u7s and netaccel: the root part.
 # Idempotent: run it again at any time; it only changes what is missing.
 #
-#   - packages: runc, slirp4netns, passt (pasta), rootlesskit, uidmap, docker.io, iperf3, busybox-static,
+#   - packages: runc, slirp4netns, passt (pasta), rootlesskit, uidmap, docker.io, podman, iperf3, busybox-static,
 #     util-linux, iproute2, socat, libseccomp-dev, pkg-config
 #   - /dev/net/tun usable by users (mode 0666, as most distributions ship it)
 #   - unprivileged user namespaces enabled
@@ -18,7 +18,7 @@ die() { printf '[init-host] error: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run me as root (sudo $0): I install packages and create the test user"
 command -v apt-get >/dev/null || die "apt-get not found: this script supports Debian and Ubuntu"
 
-PACKAGES=(runc slirp4netns passt rootlesskit uidmap docker.io iperf3 busybox-static util-linux iproute2
+PACKAGES=(runc slirp4netns passt rootlesskit uidmap docker.io podman iperf3 busybox-static util-linux iproute2
           socat libseccomp-dev pkg-config ca-certificates)
 missing=()
 for p in "${PACKAGES[@]}"; do

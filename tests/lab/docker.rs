@@ -105,22 +105,7 @@ impl<'a> RootlessDocker<'a> {
 
     /// Imports a busybox-only root filesystem as image `name`.
     pub fn import_busybox(&self, name: &str) -> Result<()> {
-        let root = self.lab.path().join("docker/rootfs");
-        for d in ["bin", "tmp", "etc", "proc", "sys", "dev"] {
-            std::fs::create_dir_all(root.join(d))?;
-        }
-        std::fs::copy("/usr/bin/busybox", root.join("bin/busybox"))?;
-        for applet in ["sh", "wget", "sha256sum", "unshare", "echo", "cat"] {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
-        }
-        let tar = self.lab.path().join("docker/rootfs.tar");
-        run(Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .arg("-cf")
-            .arg(&tar)
-            .arg("."))?;
-        self.lab.chown(&tar)?;
+        let tar = busybox_rootfs_tar(self.lab)?;
         run(self.cli().arg("import").arg(&tar).arg(name))?;
         Ok(())
     }
@@ -146,4 +131,29 @@ impl Drop for RootlessDocker<'_> {
         unsafe { libc::kill(group, libc::SIGKILL) };
         let _ = self.child.wait();
     }
+}
+
+/// A tarball of a busybox-only root filesystem (an image without a
+/// registry), owned by the lab user.
+pub fn busybox_rootfs_tar(lab: &Lab) -> Result<PathBuf> {
+    let root = lab.path().join("image-rootfs");
+    let tar = lab.path().join("image-rootfs.tar");
+    if tar.exists() {
+        return Ok(tar);
+    }
+    for d in ["bin", "tmp", "etc", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::copy("/usr/bin/busybox", root.join("bin/busybox"))?;
+    for applet in ["sh", "wget", "sha256sum", "unshare", "echo", "cat"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."))?;
+    lab.chown(&tar)?;
+    Ok(tar)
 }

@@ -45,6 +45,11 @@ impl Lab {
         Self::new_checked(test, prereq::check_docker)
     }
 
+    /// Like [`Lab::new_or_skip`], for tests that also need rootless Podman.
+    pub fn with_podman_or_skip(test: &str) -> Option<Lab> {
+        Self::new_checked(test, prereq::check_podman)
+    }
+
     fn new_checked(test: &str, check: fn() -> Result<LabUser, String>) -> Option<Lab> {
         match check() {
             Ok(user) => match Lab::create(user) {

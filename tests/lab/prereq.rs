@@ -61,3 +61,10 @@ pub fn check_docker() -> Result<LabUser, String> {
     tool("rootlesskit")?;
     Ok(user)
 }
+
+/// Rootless Podman (Debian's podman) on top of [`check_lab`].
+pub fn check_podman() -> Result<LabUser, String> {
+    let user = check_lab()?;
+    tool("podman")?;
+    Ok(user)
+}

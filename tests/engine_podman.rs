@@ -1,0 +1,90 @@
+//! End-to-end: rootless Podman (Debian's podman 4.3) running a container
+//! through the netaccel runtime wrapper (`--runtime netaccel-runc`). crun
+//! refuses this machine's cgroup v1 layout, so Podman runs runc with the
+//! cgroupfs manager; its containers reach a peer-host server through the
+//! bypass, data intact.
+
+use std::process::Command;
+
+use rootless_lab::docker::busybox_rootfs_tar;
+use rootless_lab::{run, workspace_bin, DaemonProcess, Lab, PeerHost};
+
+/// Rootless Podman leaves a pause process holding its user namespace; it
+/// belongs to this lab and goes with it.
+struct PauseProcess(std::path::PathBuf);
+
+impl Drop for PauseProcess {
+    fn drop(&mut self) {
+        let pid = std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        if let Some(pid) = pid.filter(|p| *p > 1) {
+            // SAFETY: signals the pause process whose pid Podman recorded for
+            // this lab's runtime dir.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+#[test]
+fn rootless_podman_runs_through_the_wrapper() {
+    let Some(lab) = Lab::with_podman_or_skip("rootless_podman_runs_through_the_wrapper") else {
+        return;
+    };
+    let peer = PeerHost::create().expect("peer host");
+    let d = DaemonProcess::start(&lab, &workspace_bin("netaccel").expect("netaccel"), &[]).expect("daemon");
+    let wrapper = lab.bin_dir().join("netaccel-runc");
+    std::os::unix::fs::symlink(lab.bin_dir().join("netaccel"), &wrapper).expect("wrapper link");
+    let _pause = PauseProcess(lab.runtime_dir().join("libpod/tmp/pause.pid"));
+    let store = lab.path().join("podman");
+    std::fs::create_dir(&store).expect("store");
+    lab.chown(&store).expect("chown");
+    let podman = || {
+        let mut cmd = lab.user_command("podman");
+        cmd.args([
+            "--cgroup-manager=cgroupfs",
+            "--events-backend=file",
+            "--storage-driver=vfs",
+            "--root",
+        ])
+        .arg(store.join("root"))
+        .arg("--runroot")
+        .arg(lab.runtime_dir().join("podman"));
+        cmd
+    };
+    let tar = busybox_rootfs_tar(&lab).expect("rootfs");
+    run(podman().arg("import").arg(&tar).arg("lab/busybox:1")).expect("podman import");
+
+    let www = lab.path().join("www");
+    std::fs::create_dir(&www).expect("www");
+    let blob: Vec<u8> = (0..1_500_000u32)
+        .map(|i| (i.wrapping_mul(2_246_822_519) >> 24) as u8)
+        .collect();
+    std::fs::write(www.join("blob"), &blob).expect("blob");
+    let httpd = format!("{}:7802", peer.addr);
+    let _server = peer
+        .spawn(
+            "busybox",
+            &["httpd", "-f", "-p", &httpd, "-h", www.to_str().expect("path")],
+        )
+        .expect("httpd in the peer");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let expected = run(Command::new("busybox").arg("sha256sum").arg(www.join("blob"))).expect("sha256");
+    let expected = expected.split_whitespace().next().expect("digest");
+
+    let script = format!("wget -q -O - http://{httpd}/blob | sha256sum");
+    let out = podman()
+        .arg("--runtime")
+        .arg(&wrapper)
+        .args(["run", "--rm", "lab/busybox:1", "sh", "-c", &script])
+        .output()
+        .expect("podman run");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(expected), "data differs: {text}");
+    assert_eq!(d.bypassed_to(&httpd), 1, "daemon log:\n{}", d.log_text());
+}
