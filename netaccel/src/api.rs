@@ -134,6 +134,7 @@ impl BypassApi {
         let app = Router::new()
             .route("/v1/bypass", get(list).post(create))
             .route("/v1/bypass/{id}", delete(remove))
+            .route("/v1/netaccel/status", get(status))
             .with_state(self);
         axum::serve(listener, app).await
     }
@@ -235,6 +236,57 @@ fn ignore_of(subnets: &[String]) -> Result<IgnoreList, ApiError> {
         nets.push(s.parse::<IpNet>().map_err(|_| ApiError::BadSubnet(s.clone()))?);
     }
     Ok(IgnoreList::new(nets))
+}
+
+/// `GET /v1/netaccel/status` (netaccel's own, beside the bypass4netnsd API).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub containers: Vec<crate::container::ContainerStatus>,
+    pub bypasses: Vec<BypassStatus>,
+}
+
+async fn status(State(api): State<Arc<BypassApi>>) -> Response {
+    let body = DaemonStatus {
+        pid: std::process::id(),
+        containers: api.shared.container_statuses(),
+        bypasses: api.list(),
+    };
+    json_response(StatusCode::OK, &body)
+}
+
+/// Asks a running daemon for its status over its API socket.
+pub async fn fetch_status(socket: &Path) -> Result<DaemonStatus, String> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
+        format!(
+            "cannot reach the daemon's API at {}: {e} (is `netaccel daemon` running?)",
+            socket.display()
+        )
+    })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = axum::http::Request::get("/v1/netaccel/status")
+        .header(header::HOST, "netaccel")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let code = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if code != StatusCode::OK {
+        return Err(format!(
+            "daemon answered {code}: {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("unexpected status JSON: {e}"))
 }
 
 async fn list(State(api): State<Arc<BypassApi>>) -> Response {

@@ -42,6 +42,8 @@ pub enum Mode {
 
 pub struct Container {
     pub id: String,
+    /// The process that registered it (0 when unknown).
+    pub pid: u32,
     pub notify: NotifyFd,
     pub mode: Mode,
     pub counters: Counters,
@@ -56,21 +58,46 @@ pub struct Counters {
 }
 
 impl Container {
-    pub fn new(id: String, notify: NotifyFd, mode: Mode) -> Self {
+    pub fn new(id: String, pid: u32, notify: NotifyFd, mode: Mode) -> Self {
         Self {
             id,
+            pid,
             notify,
             mode,
             counters: Counters::default(),
         }
     }
+
+    /// What `netaccel status` shows about it.
+    pub fn status(&self) -> ContainerStatus {
+        let c = &self.counters;
+        ContainerStatus {
+            id: self.id.clone(),
+            pid: self.pid,
+            accelerated: matches!(self.mode, Mode::Accelerate { .. }),
+            bypassed: c.bypassed.load(Ordering::Relaxed),
+            kept: c.kept.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A served container as `netaccel status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ContainerStatus {
+    pub id: String,
+    pub pid: u32,
+    pub accelerated: bool,
+    pub bypassed: u64,
+    pub kept: u64,
+    pub failed: u64,
 }
 
 impl Container {
     /// Serves until the last process using the filter is gone.
-    pub async fn serve(self) {
+    pub async fn serve(self: Arc<Self>) {
         let id = self.id.clone();
-        let container = Arc::new(self);
+        let container = self;
         // SAFETY: the Container owns its NotifyFd, which stays open and keeps
         // its number for as long as any Arc (including the AsyncFd's) lives.
         let registered =

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::container::{Container, Mode};
+use crate::container::{Container, ContainerStatus, Mode};
 use crate::fdpass;
 use crate::ifaddrs::{route_socket_in_netns_of, SubnetWatch};
 use crate::ignore::IgnoreList;
@@ -19,6 +19,9 @@ use crate::notify::NotifyFd;
 use crate::route::Routes;
 use crate::sockopts::HostDefaults;
 use crate::state::ContainerProcessState;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// Upper bound for a state message (annotations can make it large).
 pub const MAX_STATE_LEN: usize = 1 << 20;
@@ -57,6 +60,7 @@ pub(crate) struct Shared {
     host_netns: Option<NetnsId>,
     defaults: Arc<HostDefaults>,
     routes: Arc<Routes>,
+    registry: Registry,
 }
 
 /// Binds a unix socket only its owner can use (directory 0700, socket 0600),
@@ -115,6 +119,7 @@ impl Daemon {
                 config,
                 defaults: Arc::new(defaults),
                 routes: Arc::new(routes),
+                registry: Registry::default(),
             }),
         })
     }
@@ -185,15 +190,15 @@ async fn register(stream: UnixStream, shared: Arc<Shared>, extra: IgnoreList) {
         } else {
             "fds truncated"
         };
-        return pass_through_all(notify_fds, why);
+        return pass_through_all(&shared, notify_fds, why);
     }
     let state = match ContainerProcessState::parse(&msg.bytes, fd_count) {
         Ok(s) => s,
-        Err(e) => return pass_through_all(notify_fds, &e.to_string()),
+        Err(e) => return pass_through_all(&shared, notify_fds, &e.to_string()),
     };
     let [notify]: [NotifyFd; 1] = match notify_fds.try_into() {
         Ok(one) => one,
-        Err(all) => return pass_through_all(all, "several fds where one was expected"),
+        Err(all) => return pass_through_all(&shared, all, "several fds where one was expected"),
     };
     let id = state.state.id.clone();
     match accelerate(&state, &shared, extra).await {
@@ -202,12 +207,42 @@ async fn register(stream: UnixStream, shared: Arc<Shared>, extra: IgnoreList) {
                 tracing::debug!(container = %id, error = %e, "synchronous wake-up unavailable (Linux < 6.6)");
             }
             tracing::info!(container = %id, pid = state.pid, "container registered");
-            Container::new(id, notify, mode).serve().await;
+            serve_tracked(&shared, Container::new(id, state.pid, notify, mode)).await;
         }
         Err(why) => {
             tracing::error!(container = %id, pid = state.pid, reason = %why, "serving container without acceleration");
-            Container::new(id, notify, Mode::PassThrough).serve().await;
+            serve_tracked(&shared, Container::new(id, state.pid, notify, Mode::PassThrough)).await;
         }
+    }
+}
+
+/// Serves a container while it is listed in the daemon's registry.
+async fn serve_tracked(shared: &Arc<Shared>, container: Container) {
+    let container = Arc::new(container);
+    let key = shared.registry.next.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut m) = shared.registry.served.lock() {
+        m.insert(key, container.clone());
+    }
+    container.serve().await;
+    if let Ok(mut m) = shared.registry.served.lock() {
+        m.remove(&key);
+    }
+}
+
+/// The containers being served, for `netaccel status`.
+#[derive(Default)]
+pub(crate) struct Registry {
+    next: AtomicU64,
+    served: Mutex<BTreeMap<u64, Arc<Container>>>,
+}
+
+impl Shared {
+    pub(crate) fn container_statuses(&self) -> Vec<ContainerStatus> {
+        self.registry
+            .served
+            .lock()
+            .map(|m| m.values().map(|c| c.status()).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -225,14 +260,16 @@ fn accept_notify_fds(fds: Vec<OwnedFd>) -> Vec<NotifyFd> {
 
 /// Answers CONTINUE to everything on fds we cannot trust, so those processes
 /// keep their normal network instead of getting ENOSYS.
-fn pass_through_all(fds: Vec<NotifyFd>, why: &str) {
+fn pass_through_all(shared: &Arc<Shared>, fds: Vec<NotifyFd>, why: &str) {
     tracing::error!(
         reason = why,
         fds = fds.len(),
         "bad registration: its syscalls continue unaccelerated"
     );
     for notify in fds {
-        tokio::spawn(Container::new("<unregistered>".into(), notify, Mode::PassThrough).serve());
+        let shared = shared.clone();
+        let c = Container::new("<unregistered>".into(), 0, notify, Mode::PassThrough);
+        tokio::spawn(async move { serve_tracked(&shared, c).await });
     }
 }
 

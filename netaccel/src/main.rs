@@ -42,10 +42,25 @@ enum Command {
         /// [default: $XDG_RUNTIME_DIR/bypass4netnsd.sock].
         #[arg(long)]
         api_socket: Option<PathBuf>,
-        /// Do not serve the bypass4netnsd-compatible API.
+        /// Do not serve the bypass4netnsd-compatible API (also disables `netaccel status`).
         #[arg(long, conflicts_with = "api_socket")]
         no_api: bool,
+        /// Write the daemon's pid here while it runs.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
     },
+    /// Show the containers a running daemon serves and what their connects did.
+    Status {
+        /// The daemon's API socket [default: $XDG_RUNTIME_DIR/bypass4netnsd.sock].
+        #[arg(long)]
+        api_socket: Option<PathBuf>,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a systemd user unit that runs the daemon (save it as
+    /// ~/.config/systemd/user/netaccel.service, then `systemctl --user enable --now netaccel`).
+    Unit,
     /// Print the seccomp profile (OCI `linux.seccomp`) that sends a container to the daemon.
     Profile {
         /// Daemon socket to put in listenerPath [default: $XDG_RUNTIME_DIR/netaccel/netaccel.sock].
@@ -150,12 +165,35 @@ fn main() -> Result<()> {
             println!("{}", profile.to_json_pretty());
             Ok(())
         }
+        Command::Status { api_socket, json } => {
+            let socket = api_socket
+                .or_else(netaccel::api::default_api_socket)
+                .context("XDG_RUNTIME_DIR is not set: pass --api-socket PATH")?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let status = runtime
+                .block_on(netaccel::api::fetch_status(&socket))
+                .map_err(anyhow::Error::msg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", render_status(&status));
+            }
+            Ok(())
+        }
+        Command::Unit => {
+            let exe = std::env::current_exe().context("locating the netaccel executable")?;
+            print!("{}", systemd_unit(&exe));
+            Ok(())
+        }
         Command::Daemon {
             socket,
             ignore,
             log_level,
             api_socket,
             no_api,
+            pid_file,
         } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log_level))
@@ -192,7 +230,14 @@ fn main() -> Result<()> {
                     }
                     None => None,
                 };
+                if let Some(p) = &pid_file {
+                    std::fs::write(p, format!("{}\n", std::process::id()))
+                        .with_context(|| format!("writing pid file {}", p.display()))?;
+                }
                 daemon.run(shutdown_signal()).await;
+                if let Some(p) = &pid_file {
+                    let _ = std::fs::remove_file(p);
+                }
                 if let (Some((api, server)), Some(path)) = (api, &api_socket) {
                     server.abort();
                     api.stop_all();
@@ -202,6 +247,45 @@ fn main() -> Result<()> {
             })
         }
     }
+}
+
+fn render_status(s: &netaccel::api::DaemonStatus) -> String {
+    let mut out = format!(
+        "netaccel daemon pid {}: {} container(s), {} bypass4netnsd bypass(es)\n",
+        s.pid,
+        s.containers.len(),
+        s.bypasses.len()
+    );
+    if !s.containers.is_empty() {
+        out += &format!(
+            "{:<20} {:>8} {:>11} {:>9} {:>6} {:>6}\n",
+            "CONTAINER", "PID", "ACCELERATED", "BYPASSED", "KEPT", "FAILED"
+        );
+    }
+    for c in &s.containers {
+        let id: String = c.id.chars().take(20).collect();
+        out += &format!(
+            "{:<20} {:>8} {:>11} {:>9} {:>6} {:>6}\n",
+            id,
+            c.pid,
+            if c.accelerated { "yes" } else { "no" },
+            c.bypassed,
+            c.kept,
+            c.failed
+        );
+    }
+    for b in &s.bypasses {
+        out += &format!("bypass {} on {}\n", b.id, b.spec.socket_path);
+    }
+    out
+}
+
+/// A systemd user unit for the daemon at `exe`.
+fn systemd_unit(exe: &std::path::Path) -> String {
+    format!(
+        "[Unit]\nDescription=netaccel: host-namespace sockets for rootless containers\n\n[Service]\nExecStart={} daemon --pid-file %t/netaccel/netaccel.pid\nRestart=on-failure\n\n[Install]\nWantedBy=default.target\n",
+        exe.display()
+    )
 }
 
 async fn shutdown_signal() {
