@@ -51,19 +51,7 @@ fn nerdctl_style_post_run_delete_and_bad_requests() {
     let peer = PeerHost::create().expect("peer");
     let d = DaemonProcess::start(&lab, &workspace_bin("netaccel").expect("netaccel"), &[]).expect("daemon");
     let api = lab.runtime_dir().join("bypass4netnsd.sock");
-    let mut server = peer
-        .spawn(
-            labnet.to_str().expect("path"),
-            &["serve", &format!("{}:7901", peer.addr)],
-        )
-        .expect("server");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.child.stdout.as_mut().expect("out")),
-        &mut line,
-    )
-    .expect("listening");
-    let addr = format!("{}:7901", peer.addr);
+    let (_server, addr) = peer.echo_server(&labnet, 7901).expect("peer echo server");
 
     assert_eq!(http(&api, "GET", "/v1/bypass", ""), (200, "[]".into()));
 

@@ -3,10 +3,8 @@
 //! connection to a peer-host server is bypassed, and Docker's default seccomp
 //! profile is still in force.
 
-use std::process::Command;
-
 use rootless_lab::docker::RootlessDocker;
-use rootless_lab::{run, workspace_bin, DaemonProcess, Lab, PeerHost};
+use rootless_lab::{workspace_bin, DaemonProcess, Lab, PeerHost};
 
 const IMAGE: &str = "lab/busybox:1";
 
@@ -23,22 +21,9 @@ fn rootless_docker_runs_through_the_wrapper_and_keeps_its_default_profile() {
     let docker = RootlessDocker::start(&lab, &[("netaccel", &wrapper)]).expect("rootless dockerd");
     docker.import_busybox(IMAGE).expect("image from a local rootfs");
 
-    let www = lab.path().join("www");
-    std::fs::create_dir(&www).expect("www");
-    let blob: Vec<u8> = (0..2_000_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
-    std::fs::write(www.join("blob"), &blob).expect("blob");
-    let httpd = format!("{}:7801", peer.addr);
-    let _server = peer
-        .spawn(
-            "busybox",
-            &["httpd", "-f", "-p", &httpd, "-h", www.to_str().expect("path")],
-        )
+    let (_server, httpd, expected) = peer
+        .http_blob(&lab.path().join("www"), 7801, 2_000_000)
         .expect("httpd in the peer");
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let expected = run(Command::new("busybox").arg("sha256sum").arg(www.join("blob"))).expect("sha256");
-    let expected = expected.split_whitespace().next().expect("digest");
 
     // unshare(CLONE_NEWUSER) is refused by Docker's default seccomp profile.
     let script = format!("wget -q -O - http://{httpd}/blob | sha256sum; unshare -U true; echo unshare=$?");
@@ -52,7 +37,7 @@ fn rootless_docker_runs_through_the_wrapper_and_keeps_its_default_profile() {
         docker.log_text()
     );
     assert!(out.status.success(), "{all}");
-    assert!(stdout.contains(expected), "data differs: {all}");
+    assert!(stdout.contains(&expected), "data differs: {all}");
     assert!(
         stdout.contains("unshare=1"),
         "Docker's default profile was not kept: {all}"

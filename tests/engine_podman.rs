@@ -4,8 +4,6 @@
 //! cgroupfs manager; its containers reach a peer-host server through the
 //! bypass, data intact.
 
-use std::process::Command;
-
 use rootless_lab::docker::busybox_rootfs_tar;
 use rootless_lab::{run, workspace_bin, DaemonProcess, Lab, PeerHost};
 
@@ -55,22 +53,9 @@ fn rootless_podman_runs_through_the_wrapper() {
     let tar = busybox_rootfs_tar(&lab).expect("rootfs");
     run(podman().arg("import").arg(&tar).arg("lab/busybox:1")).expect("podman import");
 
-    let www = lab.path().join("www");
-    std::fs::create_dir(&www).expect("www");
-    let blob: Vec<u8> = (0..1_500_000u32)
-        .map(|i| (i.wrapping_mul(2_246_822_519) >> 24) as u8)
-        .collect();
-    std::fs::write(www.join("blob"), &blob).expect("blob");
-    let httpd = format!("{}:7802", peer.addr);
-    let _server = peer
-        .spawn(
-            "busybox",
-            &["httpd", "-f", "-p", &httpd, "-h", www.to_str().expect("path")],
-        )
+    let (_server, httpd, expected) = peer
+        .http_blob(&lab.path().join("www"), 7802, 1_500_000)
         .expect("httpd in the peer");
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let expected = run(Command::new("busybox").arg("sha256sum").arg(www.join("blob"))).expect("sha256");
-    let expected = expected.split_whitespace().next().expect("digest");
 
     let script = format!("wget -q -O - http://{httpd}/blob | sha256sum");
     let out = podman()
@@ -85,6 +70,6 @@ fn rootless_podman_runs_through_the_wrapper() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{text}");
-    assert!(text.contains(expected), "data differs: {text}");
+    assert!(text.contains(&expected), "data differs: {text}");
     assert_eq!(d.bypassed_to(&httpd), 1, "daemon log:\n{}", d.log_text());
 }

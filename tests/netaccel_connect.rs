@@ -77,13 +77,9 @@ fn labnet_in(s: &Setup, d: &DaemonProcess, ignore: &[&str], args: &[&str]) -> Va
 }
 
 fn peer_echo(s: &Setup, port: u16) -> (Server, String) {
-    let labnet = s.labnet_host.to_str().expect("utf-8 path");
-    let mut server = s
-        .peer
-        .spawn(labnet, &["serve", &format!("{}:{port}", s.peer.addr)])
-        .expect("peer echo server");
-    let addr = listening(&mut server).expect("peer server listening");
-    (server, addr)
+    s.peer
+        .echo_server(&s.labnet_host, port)
+        .expect("peer echo server")
 }
 
 /// An echo server on the host's loopback (where containers must never land
@@ -169,39 +165,14 @@ fn real_programs_use_the_fast_path() {
     let d = daemon(&s.lab, &[]);
 
     // busybox wget (blocking connect) fetches a file from busybox httpd.
-    let www = s.lab.path().join("www");
-    std::fs::create_dir(&www).expect("www dir");
-    let body: Vec<u8> = (0..3_000_000u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
-        .collect();
-    std::fs::write(www.join("blob"), &body).expect("blob");
-    let httpd_addr = format!("{}:7702", s.peer.addr);
-    let _httpd = s
+    let (_httpd, httpd_addr, expected) = s
         .peer
-        .spawn(
-            "busybox",
-            &[
-                "httpd",
-                "-f",
-                "-p",
-                &httpd_addr,
-                "-h",
-                www.to_str().expect("path"),
-            ],
-        )
-        .expect("httpd");
-    std::thread::sleep(Duration::from_millis(300));
+        .http_blob(&s.lab.path().join("www"), 7702, 3_000_000)
+        .expect("httpd in the peer");
     let fetch = format!("busybox wget -q -O - http://{httpd_addr}/blob | busybox sha256sum");
     let out = run_accelerated(&s.lab, &d, &[], &["sh", "-c", &fetch]);
     assert!(out.ok(), "wget in container: {out:?}");
-    let sum = out.stdout;
-    let expected = rootless_lab::run(
-        std::process::Command::new("busybox")
-            .arg("sha256sum")
-            .arg(www.join("blob")),
-    )
-    .expect("sha256");
-    assert_eq!(sum.split_whitespace().next(), expected.split_whitespace().next());
+    assert_eq!(out.stdout.split_whitespace().next(), Some(expected.as_str()));
     assert_eq!(d.bypassed_to(&httpd_addr), 1, "daemon log:\n{}", d.log_text());
 
     // iperf3, both directions over one bypassed control + data connection.

@@ -140,6 +140,51 @@ impl PeerHost {
     }
 }
 
+impl PeerHost {
+    /// labnet's echo server on `port` of the peer; returns it and its address.
+    pub fn echo_server(&self, labnet: &std::path::Path, port: u16) -> Result<(Server, String)> {
+        let labnet = labnet.to_str().context("labnet path is not UTF-8")?;
+        let mut server = self.spawn(labnet, &["serve", &format!("{}:{port}", self.addr)])?;
+        let out = server.child.stdout.as_mut().context("server stdout")?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)?;
+        let v: serde_json::Value =
+            serde_json::from_str(&line).with_context(|| format!("server said {line:?}"))?;
+        let addr = v["listening"]
+            .as_str()
+            .context("no listening address")?
+            .to_owned();
+        Ok((server, addr))
+    }
+
+    /// busybox httpd on `port` of the peer serving `len` pseudo-random bytes
+    /// at `/blob` from `dir`; returns it, its address and the blob's sha256.
+    pub fn http_blob(&self, dir: &std::path::Path, port: u16, len: u32) -> Result<(Server, String, String)> {
+        std::fs::create_dir_all(dir)?;
+        let blob: Vec<u8> = (0..len)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        std::fs::write(dir.join("blob"), &blob)?;
+        let addr = format!("{}:{port}", self.addr);
+        let dir_str = dir.to_str().context("www path is not UTF-8")?;
+        let server = self.spawn("busybox", &["httpd", "-f", "-p", &addr, "-h", dir_str])?;
+        crate::wait_for(
+            "httpd in the peer to listen",
+            std::time::Duration::from_secs(10),
+            || {
+                std::net::TcpStream::connect_timeout(
+                    &addr.parse().ok()?,
+                    std::time::Duration::from_millis(200),
+                )
+                .ok()
+            },
+        )?;
+        let sum = run(Command::new("busybox").arg("sha256sum").arg(dir.join("blob")))?;
+        let sum = sum.split_whitespace().next().context("no digest")?.to_owned();
+        Ok((server, addr, sum))
+    }
+}
+
 impl Drop for PeerHost {
     fn drop(&mut self) {
         // Deleting the namespace also deletes the veth pair.
