@@ -570,3 +570,81 @@ fn the_runtime_wrapper_keeps_the_engines_profile_and_adds_the_fast_path() {
     );
     assert_eq!(d.bypassed_to(&addr), 1, "daemon log:\n{}", d.log_text());
 }
+
+#[test]
+fn udp_connect_is_bypassed_and_ignored_destinations_keep_slirp4netns() {
+    let test = "udp_connect_is_bypassed_and_ignored_destinations_keep_slirp4netns";
+    let Some(s) = setup(test) else { return };
+    let d = daemon(&s.lab, &[]);
+    let labnet = s.labnet_host.to_str().expect("path");
+    let mut echo = s
+        .peer
+        .spawn(labnet, &["udp-echo", &format!("{}:7720", s.peer.addr)])
+        .expect("udp echo");
+    let addr = listening(&mut echo).expect("udp echo listening");
+    for nonblocking in [false, true] {
+        let mut args = vec!["udp-connect", addr.as_str()];
+        if nonblocking {
+            args.push("--nonblocking");
+        }
+        let r = labnet_in(&s, &d, &[], &args);
+        // UDP connect is immediate, blocking or not: never EINPROGRESS.
+        assert_eq!(r["connect_errno"], 0, "{r}");
+        assert_eq!(r["peer"], addr.as_str(), "{r}");
+        assert!(
+            r["local"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with(&s.peer.host_addr.to_string()),
+            "{r}"
+        );
+        assert_eq!(r["echo_intact"], true, "{r}");
+    }
+    assert_eq!(d.bypassed_to(&addr), 2, "daemon log:\n{}", d.log_text());
+    let r = labnet_in(&s, &d, &[&s.peer.subnet], &["udp-connect", &addr]);
+    assert!(
+        r["local"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(CONTAINER_ADDR),
+        "{r}"
+    );
+    assert_eq!(r["echo_intact"], true, "slirp4netns carries it: {r}");
+    assert_eq!(d.bypassed_to(&addr), 2);
+}
+
+#[test]
+fn a_bypassed_udp_socket_reconnected_to_host_loopback_never_reaches_it() {
+    let test = "a_bypassed_udp_socket_reconnected_to_host_loopback_never_reaches_it";
+    let Some(s) = setup(test) else { return };
+    let d = daemon(&s.lab, &[]);
+    let labnet = s.labnet_host.to_str().expect("path");
+    let mut good_echo = s
+        .peer
+        .spawn(labnet, &["udp-echo", &format!("{}:7721", s.peer.addr)])
+        .expect("udp echo");
+    let good = listening(&mut good_echo).expect("listening");
+    let mut evil_echo = s
+        .lab
+        .user_command(&s.labnet_host)
+        .args(["udp-echo", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map(|child| Server { child })
+        .expect("host loopback udp server");
+    let evil = listening(&mut evil_echo).expect("listening");
+    let r = labnet_in(&s, &d, &[], &["udp-reaim", &good, &evil]);
+    assert!(
+        r["local_after_good"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(&s.peer.host_addr.to_string()),
+        "{r}"
+    );
+    assert_eq!(d.bypassed_to(&good), 1, "daemon log:\n{}", d.log_text());
+    let seen = evil_echo.finish().expect("server output");
+    assert!(
+        !seen.contains("\"peer\""),
+        "a container datagram reached host loopback: {seen}\n{r}"
+    );
+}

@@ -58,7 +58,8 @@ pub struct SocketFacts {
     pub netns: Option<NetnsId>,
     /// Bound to a local address or port, or to a device.
     pub bound: bool,
-    /// The TCP state is CLOSE (not connecting, connected or listening).
+    /// TCP: the state is CLOSE (not connecting, connected or listening);
+    /// UDP: no peer is set.
     pub closed: bool,
 }
 
@@ -69,7 +70,8 @@ pub enum Keep {
     NotApplicable,
     NotInet,
     IgnoredDestination,
-    NotTcpStream,
+    /// Not a TCP stream or UDP datagram socket (raw, SCTP, ICMP "ping"…).
+    UnsupportedSocket,
     FamilyMismatch,
     /// The socket lives in another network namespace than the container's
     /// (a nested namespace), or its namespace cannot be checked.
@@ -99,12 +101,16 @@ pub fn check_destination(dst: &SocketAddr, ignore: &IgnoreList) -> Verdict {
 
 /// The verdict for the socket a call would connect.
 pub fn check_socket(facts: &SocketFacts, dst: &SocketAddr, container_netns: NetnsId) -> Verdict {
-    // Exact type match: SOCK_RAW (3) and SOCK_SEQPACKET (5) share bits with
-    // SOCK_STREAM (1), which is how the Go tool let them through.
-    if facts.socket_type != SocketType::STREAM
-        || facts.protocol.is_some_and(|p| p != libc::IPPROTO_TCP as u32)
-    {
-        return Verdict::Keep(Keep::NotTcpStream);
+    // Exact type and protocol: SOCK_RAW (3) and SOCK_SEQPACKET (5) share bits
+    // with SOCK_STREAM (1), which is how the Go tool let them through, and
+    // ICMP "ping" sockets are SOCK_DGRAM too.
+    let supported = match facts.socket_type {
+        SocketType::STREAM => facts.protocol == Some(libc::IPPROTO_TCP as u32),
+        SocketType::DGRAM => facts.protocol == Some(libc::IPPROTO_UDP as u32),
+        _ => false,
+    };
+    if !supported {
+        return Verdict::Keep(Keep::UnsupportedSocket);
     }
     let family_ok = match dst {
         SocketAddr::V4(_) => facts.family == AddressFamily::INET,
@@ -132,7 +138,8 @@ impl SocketFacts {
         let socket_type = rustix::net::sockopt::socket_type(sock)?;
         let protocol = rustix::net::sockopt::socket_protocol(sock)?.map(|p| p.as_raw().get());
         let is_inet = family == AddressFamily::INET || family == AddressFamily::INET6;
-        if !is_inet || socket_type != SocketType::STREAM {
+        let stream = socket_type == SocketType::STREAM;
+        if !is_inet || !(stream || socket_type == SocketType::DGRAM) {
             return Ok(Self {
                 family,
                 socket_type,
@@ -151,7 +158,12 @@ impl SocketFacts {
             protocol,
             netns,
             bound,
-            closed: tcp_state(sock)? == TCP_CLOSE,
+            // A UDP socket is "closed" while it has no peer.
+            closed: if stream {
+                tcp_state(sock)? == TCP_CLOSE
+            } else {
+                rustix::net::getpeername(sock).is_err_and(|e| e == rustix::io::Errno::NOTCONN)
+            },
         })
     }
 }
@@ -271,7 +283,7 @@ pub async fn handle(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<Ou
     if let Verdict::Keep(reason) = check_socket(&facts, &dst, ctx.container_netns) {
         return keep(reason);
     }
-    let Some(defaults) = ctx.defaults.for_family(facts.family) else {
+    let Some(defaults) = ctx.defaults.for_socket(facts.family, facts.socket_type) else {
         return keep(Keep::NotApplicable);
     };
     let ifindex = match ctx.routes.egress(dst.ip()).await {
@@ -289,7 +301,7 @@ pub async fn handle(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<Ou
 
     let host = rustix::net::socket_with(
         facts.family,
-        SocketType::STREAM,
+        facts.socket_type,
         SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
         None,
     )?;
@@ -307,10 +319,12 @@ pub async fn handle(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<Ou
         Err(e) if e == rustix::io::Errno::INPROGRESS => connect_result_now(&host),
         Err(e) => Some(e.raw_os_error()),
     };
+    let stream = facts.socket_type == SocketType::STREAM;
     let answer = match finished {
         // Linux answers a non-blocking TCP connect with EINPROGRESS even when
-        // the handshake is already done; so do we.
-        Some(0) | None if nonblocking => Answer::Return(-libc::EINPROGRESS),
+        // the handshake is already done; so do we. (A UDP connect is
+        // immediate, blocking or not.)
+        Some(0) | None if nonblocking && stream => Answer::Return(-libc::EINPROGRESS),
         Some(0) => Answer::Return(0),
         // Failed at once: the error now (POSIX allows it for non-blocking
         // sockets too), and the container keeps its own untouched socket
@@ -424,20 +438,15 @@ mod tests {
     }
 
     #[test]
-    fn socket_type_must_be_exactly_stream() {
-        for ty in [
-            SocketType::RAW,
-            SocketType::SEQPACKET,
-            SocketType::DGRAM,
-            SocketType::RDM,
-        ] {
+    fn socket_type_and_protocol_must_match_exactly() {
+        for ty in [SocketType::RAW, SocketType::SEQPACKET, SocketType::RDM] {
             let facts = SocketFacts {
                 socket_type: ty,
                 ..tcp_facts(AddressFamily::INET)
             };
             assert_eq!(
                 check_socket(&facts, &v4(), ns()),
-                Verdict::Keep(Keep::NotTcpStream),
+                Verdict::Keep(Keep::UnsupportedSocket),
                 "{ty:?}"
             );
         }
@@ -447,7 +456,29 @@ mod tests {
         };
         assert_eq!(
             check_socket(&sctp, &v4(), ns()),
-            Verdict::Keep(Keep::NotTcpStream)
+            Verdict::Keep(Keep::UnsupportedSocket)
+        );
+        let udp = SocketFacts {
+            socket_type: SocketType::DGRAM,
+            protocol: Some(libc::IPPROTO_UDP as u32),
+            ..tcp_facts(AddressFamily::INET)
+        };
+        assert_eq!(check_socket(&udp, &v4(), ns()), Verdict::Bypass);
+        let ping = SocketFacts {
+            protocol: Some(libc::IPPROTO_ICMP as u32),
+            ..udp
+        };
+        assert_eq!(
+            check_socket(&ping, &v4(), ns()),
+            Verdict::Keep(Keep::UnsupportedSocket)
+        );
+        let tcp_as_dgram = SocketFacts {
+            socket_type: SocketType::DGRAM,
+            ..tcp_facts(AddressFamily::INET)
+        };
+        assert_eq!(
+            check_socket(&tcp_as_dgram, &v4(), ns()),
+            Verdict::Keep(Keep::UnsupportedSocket)
         );
     }
 
@@ -549,6 +580,16 @@ mod tests {
             (AddressFamily::INET, SocketType::STREAM, false, true)
         );
         let udp = rustix::net::socket(AddressFamily::INET, SocketType::DGRAM, None).expect("udp");
+        let f = SocketFacts::read(&udp).expect("facts");
+        assert_eq!(
+            (f.socket_type, f.bound, f.closed),
+            (SocketType::DGRAM, false, true)
+        );
+        rustix::net::connect(&udp, &"127.0.0.1:9".parse::<SocketAddr>().expect("addr")).expect("udp connect");
+        assert!(
+            !SocketFacts::read(&udp).expect("facts").closed,
+            "a connected UDP socket has a peer"
+        );
         assert_eq!(
             SocketFacts::read(&udp).expect("facts").socket_type,
             SocketType::DGRAM

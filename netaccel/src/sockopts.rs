@@ -18,6 +18,7 @@ use rustix::net::{AddressFamily, SocketType};
 pub struct SocketOptions {
     reuseaddr: Option<bool>,
     reuseport: Option<bool>,
+    broadcast: Option<bool>,
     keepalive: Option<bool>,
     oobinline: Option<bool>,
     linger: Option<Option<Duration>>,
@@ -50,6 +51,7 @@ impl SocketOptions {
         Self {
             reuseaddr: so::socket_reuseaddr(fd).ok(),
             reuseport: so::socket_reuseport(fd).ok(),
+            broadcast: so::socket_broadcast(fd).ok(),
             keepalive: so::socket_keepalive(fd).ok(),
             oobinline: so::socket_oobinline(fd).ok(),
             linger: so::socket_linger(fd).ok(),
@@ -69,9 +71,9 @@ impl SocketOptions {
         }
     }
 
-    /// Options of a fresh TCP socket of `family` in the daemon's namespace.
-    pub fn fresh(family: AddressFamily) -> rustix::io::Result<Self> {
-        let sock = rustix::net::socket(family, SocketType::STREAM, None)?;
+    /// Options of a fresh socket of `family` and `kind` in the daemon's namespace.
+    pub fn fresh(family: AddressFamily, kind: SocketType) -> rustix::io::Result<Self> {
+        let sock = rustix::net::socket(family, kind, None)?;
         Ok(Self::read(&sock, family))
     }
 
@@ -96,6 +98,7 @@ impl SocketOptions {
         }
         replay!(reuseaddr, "SO_REUSEADDR", |v| so::set_socket_reuseaddr(fd, *v));
         replay!(reuseport, "SO_REUSEPORT", |v| so::set_socket_reuseport(fd, *v));
+        replay!(broadcast, "SO_BROADCAST", |v| so::set_socket_broadcast(fd, *v));
         replay!(keepalive, "SO_KEEPALIVE", |v| so::set_socket_keepalive(fd, *v));
         replay!(oobinline, "SO_OOBINLINE", |v| so::set_socket_oobinline(fd, *v));
         replay!(linger, "SO_LINGER", |v| so::set_socket_linger(fd, *v));
@@ -133,28 +136,34 @@ impl SocketOptions {
     }
 }
 
-/// Fresh-socket options of the daemon's namespace, read once at start.
+/// Fresh-socket options of the daemon's namespace, read once at start, per
+/// family and socket type (UDP and TCP buffers have different defaults).
 #[derive(Debug, Clone)]
 pub struct HostDefaults {
-    v4: SocketOptions,
-    v6: Option<SocketOptions>,
+    fresh: Vec<(AddressFamily, SocketType, SocketOptions)>,
 }
 
 impl HostDefaults {
     pub fn probe() -> rustix::io::Result<Self> {
-        Ok(Self {
-            v4: SocketOptions::fresh(AddressFamily::INET)?,
-            // A host without IPv6 still serves IPv4 containers.
-            v6: SocketOptions::fresh(AddressFamily::INET6).ok(),
-        })
+        let mut fresh = Vec::new();
+        for family in [AddressFamily::INET, AddressFamily::INET6] {
+            for kind in [SocketType::STREAM, SocketType::DGRAM] {
+                match SocketOptions::fresh(family, kind) {
+                    Ok(o) => fresh.push((family, kind, o)),
+                    // A host without IPv6 still serves IPv4 containers.
+                    Err(_) if family == AddressFamily::INET6 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(Self { fresh })
     }
 
-    pub fn for_family(&self, family: AddressFamily) -> Option<&SocketOptions> {
-        if family == AddressFamily::INET6 {
-            self.v6.as_ref()
-        } else {
-            Some(&self.v4)
-        }
+    pub fn for_socket(&self, family: AddressFamily, kind: SocketType) -> Option<&SocketOptions> {
+        self.fresh
+            .iter()
+            .find(|(f, k, _)| *f == family && *k == kind)
+            .map(|(_, _, o)| o)
     }
 }
 
@@ -164,7 +173,7 @@ mod tests {
 
     #[test]
     fn fresh_sockets_need_nothing_replayed() {
-        let defaults = SocketOptions::fresh(AddressFamily::INET).expect("v4 socket");
+        let defaults = SocketOptions::fresh(AddressFamily::INET, SocketType::STREAM).expect("v4 socket");
         let target = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).expect("socket");
         assert!(defaults.apply_changed(&target, &defaults).is_empty());
         assert_eq!(SocketOptions::read(&target, AddressFamily::INET), defaults);
@@ -172,7 +181,7 @@ mod tests {
 
     #[test]
     fn changed_options_are_replayed_and_buffers_only_when_set() {
-        let defaults = SocketOptions::fresh(AddressFamily::INET).expect("v4 socket");
+        let defaults = SocketOptions::fresh(AddressFamily::INET, SocketType::STREAM).expect("v4 socket");
         let orig = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).expect("socket");
         so::set_tcp_nodelay(&orig, true).expect("nodelay");
         so::set_socket_keepalive(&orig, true).expect("keepalive");
@@ -196,7 +205,7 @@ mod tests {
 
     #[test]
     fn v6only_is_carried_for_ipv6() {
-        let Ok(defaults) = SocketOptions::fresh(AddressFamily::INET6) else {
+        let Ok(defaults) = SocketOptions::fresh(AddressFamily::INET6, SocketType::STREAM) else {
             eprintln!("skipped: no IPv6 sockets on this host");
             return;
         };

@@ -54,6 +54,18 @@ enum Cmd {
         hole: SocketAddrV4,
         evil: SocketAddrV4,
     },
+    /// UDP echo server: sends every datagram back to its sender and prints
+    /// the sender, forever.
+    UdpEcho { listen: SocketAddr },
+    /// connect(2) a UDP socket to GOOD, then re-connect it to EVIL and send.
+    UdpReaim { good: SocketAddr, evil: SocketAddr },
+    /// connect(2) a UDP socket to DST, send a datagram, check the echo, print
+    /// the connect result and both addresses.
+    UdpConnect {
+        dst: SocketAddr,
+        #[arg(long)]
+        nonblocking: bool,
+    },
     /// Server for `connrate`: accepts and closes connections, forever.
     AcceptClose { listen: SocketAddr },
     /// Opens and closes connections for SECONDS; prints the rate and the
@@ -103,6 +115,9 @@ fn main() {
         } => connect(dst, bytes, blocking, Duration::from_millis(timeout_ms)),
         Cmd::Sockopts { dst } => sockopts(dst),
         Cmd::AcceptClose { listen } => accept_close(listen),
+        Cmd::UdpEcho { listen } => udp_echo(listen),
+        Cmd::UdpConnect { dst, nonblocking } => udp_connect(dst, nonblocking),
+        Cmd::UdpReaim { good, evil } => udp_reaim(good, evil),
         Cmd::Escape { good, hole, evil } => escape(good, hole, evil),
         Cmd::Connrate { dst, seconds } => connrate(dst, Duration::from_secs_f64(seconds)),
         Cmd::Pingpong { dst, count, size } => pingpong(dst, count, size),
@@ -637,6 +652,91 @@ fn escape(good: SocketAddrV4, hole: SocketAddrV4, evil: SocketAddrV4) -> Result<
         json!({"a_good": a_good, "a_local": a_local, "a_disconnect": a_disconnect, "a_evil_errno": a_evil_errno,
                "a_evil": a_evil, "b_hole": b_hole, "b_disconnect": b_disconnect,
                "b_fastopen_errno": b_fastopen_errno, "b_evil": b_evil})
+    );
+    Ok(())
+}
+
+fn udp_echo(listen: SocketAddr) -> Result<()> {
+    let sock = std::net::UdpSocket::bind(listen).with_context(|| format!("bind {listen}"))?;
+    println!("{}", json!({"listening": sock.local_addr()?.to_string()}));
+    std::io::stdout().flush()?;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, from) = sock.recv_from(&mut buf)?;
+        sock.send_to(&buf[..n], from)?;
+        println!("{}", json!({"peer": from.to_string(), "bytes": n}));
+        std::io::stdout().flush()?;
+    }
+}
+
+fn udp_connect(dst: SocketAddr, nonblocking: bool) -> Result<()> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let family = if dst.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let flags = if nonblocking {
+        SocketFlags::NONBLOCK
+    } else {
+        SocketFlags::empty()
+    };
+    let sock = rustix::net::socket_with(family, SocketType::DGRAM, flags, None)?;
+    let connect_errno = match rustix::net::connect(&sock, &dst) {
+        Ok(()) => 0,
+        Err(e) => e.raw_os_error(),
+    };
+    let addr = |a: Option<rustix::net::SocketAddrAny>| {
+        a.and_then(|a| SocketAddr::try_from(a).ok())
+            .map(|a| a.to_string())
+    };
+    let local = addr(rustix::net::getsockname(&sock).ok());
+    let peer = addr(rustix::net::getpeername(&sock).ok().flatten());
+    let data = pattern(1200);
+    rustix::net::send(&sock, &data, rustix::net::SendFlags::empty())?;
+    let mut fds = [rustix::event::PollFd::new(&sock, rustix::event::PollFlags::IN)];
+    let t = rustix::event::Timespec {
+        tv_sec: 3,
+        tv_nsec: 0,
+    };
+    let ready = rustix::event::poll(&mut fds, Some(&t))?;
+    let mut back = vec![0u8; 2048];
+    let n = if ready > 0 {
+        rustix::net::recv(&sock, &mut back, rustix::net::RecvFlags::empty())?.0
+    } else {
+        0
+    };
+    println!(
+        "{}",
+        json!({"connect_errno": connect_errno, "local": local, "peer": peer, "echo_intact": back[..n] == data[..]})
+    );
+    Ok(())
+}
+
+fn udp_reaim(good: SocketAddr, evil: SocketAddr) -> Result<()> {
+    // Unbound, so that the first connect is bypassed.
+    let family = if good.is_ipv4() {
+        rustix::net::AddressFamily::INET
+    } else {
+        rustix::net::AddressFamily::INET6
+    };
+    let sock = rustix::net::socket(family, rustix::net::SocketType::DGRAM, None)?;
+    rustix::net::connect(&sock, &good)?;
+    let local = rustix::net::getsockname(&sock)
+        .ok()
+        .and_then(|a| SocketAddr::try_from(a).ok())
+        .map(|a| a.to_string());
+    let reaim_errno = match rustix::net::connect(&sock, &evil) {
+        Ok(()) => 0,
+        Err(e) => e.raw_os_error(),
+    };
+    let sent = rustix::net::send(&sock, b"evil", rustix::net::SendFlags::empty())
+        .map(|n| n as i64)
+        .unwrap_or(-1);
+    std::thread::sleep(Duration::from_millis(500));
+    println!(
+        "{}",
+        json!({"local_after_good": local, "reaim_errno": reaim_errno, "sent": sent})
     );
     Ok(())
 }
