@@ -1,5 +1,5 @@
 //! netaccel: a seccomp user-notification daemon that gives rootless
-//! containers host-namespace TCP sockets, so their traffic skips the
+//! containers host-namespace TCP and UDP sockets, so their traffic skips the
 //! user-mode network stack.
 //!
 //! Layers, bottom up:

@@ -14,9 +14,9 @@ use netaccel::state::ContainerSettings;
 #[derive(Parser)]
 #[command(
     version,
-    about = "Fast TCP for rootless containers: host sockets through seccomp user notification",
+    about = "Fast TCP and UDP for rootless containers: host sockets through seccomp user notification",
     long_about = "netaccel intercepts connect(2) of rootless containers through seccomp user \
-notification and hands them sockets of the host network namespace, so their TCP traffic \
+notification and hands them sockets of the host network namespace, so their TCP and UDP traffic \
 skips slirp4netns. Run `netaccel daemon` as the same user as the containers, in the host \
 network namespace, and give containers the profile from `netaccel profile`."
 )]
