@@ -1,10 +1,8 @@
 //! End-to-end: the connect fast path with real rootless runc containers,
 //! slirp4netns and the netaccel daemon, all as an unprivileged user.
 
-use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use rootless_lab::container::RunOutput;
 use rootless_lab::container::{CONTAINER_ADDR, SLIRP_HOST_LOOPBACK};
 use rootless_lab::peer::Server;
@@ -45,18 +43,6 @@ fn run_accelerated(lab: &Lab, d: &DaemonProcess, ignore: &[&str], args: &[&str])
     Container::run(lab, config, args, Duration::from_secs(60)).expect("container runs")
 }
 
-/// Reads the server's first JSON line (`{"listening": ADDR}`).
-fn listening(server: &mut Server) -> Result<String> {
-    let out = server.child.stdout.as_mut().context("server stdout")?;
-    let mut line = String::new();
-    BufReader::new(out).read_line(&mut line)?;
-    let v: Value = serde_json::from_str(&line).with_context(|| format!("server said {line:?}"))?;
-    Ok(v["listening"]
-        .as_str()
-        .context("no listening address")?
-        .to_owned())
-}
-
 fn json_line(out: &str) -> Value {
     serde_json::from_str(out.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("not JSON ({e}): {out:?}"))
@@ -93,7 +79,7 @@ fn host_loopback_server(s: &Setup) -> (Server, String) {
         .spawn()
         .map(|child| Server { child })
         .expect("host loopback server");
-    let addr = listening(&mut server).expect("host loopback server listening");
+    let addr = server.listening().expect("host loopback server listening");
     (server, addr)
 }
 
@@ -103,7 +89,7 @@ fn peer_blackhole(s: &Setup, port: u16) -> (Server, String) {
     let labnet = s.labnet_host.to_str().expect("utf-8 path");
     let addr = format!("{}:{port}", s.peer.addr);
     let mut hole = s.peer.spawn(labnet, &["blackhole", &addr]).expect("blackhole");
-    listening(&mut hole).expect("blackhole ready");
+    hole.listening().expect("blackhole ready");
     (hole, addr)
 }
 
@@ -463,7 +449,7 @@ fn ipv6_connections_are_bypassed() {
         .peer
         .spawn(labnet, &["serve", &format!("[{addr6}]:7714")])
         .expect("v6 server");
-    let addr = listening(&mut server).expect("listening");
+    let addr = server.listening().expect("listening");
     let r = labnet_in(&s, &d, &[], &["connect", &addr]);
     assert_eq!(r["echo_intact"], true, "{r}");
     assert_eq!(r["peer"], addr.as_str(), "{r}");
@@ -581,7 +567,7 @@ fn udp_connect_is_bypassed_and_ignored_destinations_keep_slirp4netns() {
         .peer
         .spawn(labnet, &["udp-echo", &format!("{}:7720", s.peer.addr)])
         .expect("udp echo");
-    let addr = listening(&mut echo).expect("udp echo listening");
+    let addr = echo.listening().expect("udp echo listening");
     for nonblocking in [false, true] {
         let mut args = vec!["udp-connect", addr.as_str()];
         if nonblocking {
@@ -623,7 +609,7 @@ fn a_bypassed_udp_socket_reconnected_to_host_loopback_never_reaches_it() {
         .peer
         .spawn(labnet, &["udp-echo", &format!("{}:7721", s.peer.addr)])
         .expect("udp echo");
-    let good = listening(&mut good_echo).expect("listening");
+    let good = good_echo.listening().expect("listening");
     let mut evil_echo = s
         .lab
         .user_command(&s.labnet_host)
@@ -632,7 +618,7 @@ fn a_bypassed_udp_socket_reconnected_to_host_loopback_never_reaches_it() {
         .spawn()
         .map(|child| Server { child })
         .expect("host loopback udp server");
-    let evil = listening(&mut evil_echo).expect("listening");
+    let evil = evil_echo.listening().expect("listening");
     let r = labnet_in(&s, &d, &[], &["udp-reaim", &good, &evil]);
     assert!(
         r["local_after_good"]

@@ -19,7 +19,6 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use rootless_lab::container::UserNet;
-use rootless_lab::peer::Server;
 use rootless_lab::{prereq, workspace_bin, DaemonProcess, Lab, PeerHost};
 use serde_json::json;
 
@@ -64,8 +63,10 @@ fn main() -> Result<()> {
     let labnet = labnet.to_str().context("lab path is not UTF-8")?;
     let peer = PeerHost::create()?;
     let at = |port: u16| format!("{}:{port}", peer.addr);
-    let _echo = ready(peer.spawn(labnet, &["serve", &at(ECHO_PORT)])?)?;
-    let _accept = ready(peer.spawn(labnet, &["accept-close", &at(ACCEPT_PORT)])?)?;
+    let mut echo = peer.spawn(labnet, &["serve", &at(ECHO_PORT)])?;
+    echo.listening()?;
+    let mut accept = peer.spawn(labnet, &["accept-close", &at(ACCEPT_PORT)])?;
+    accept.listening()?;
     let servers = Servers {
         peer: &peer,
         iperf_port: IPERF_PORT,
@@ -166,15 +167,6 @@ fn main() -> Result<()> {
     plot::write_svg(&cli.out.join("netbench.svg"), &results)?;
     eprintln!("wrote {}/netbench.{{md,json,svg}}", cli.out.display());
     Ok(())
-}
-
-/// Waits for a labnet server's `{"listening": …}` line.
-fn ready(mut server: Server) -> Result<Server> {
-    let out = server.child.stdout.as_mut().context("server stdout")?;
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)?;
-    anyhow::ensure!(line.contains("listening"), "server did not start: {line:?}");
-    Ok(server)
 }
 
 /// A benchmark run, not a timed test: it fails only when a path is broken.

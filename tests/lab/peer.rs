@@ -145,15 +145,7 @@ impl PeerHost {
     pub fn echo_server(&self, labnet: &std::path::Path, port: u16) -> Result<(Server, String)> {
         let labnet = labnet.to_str().context("labnet path is not UTF-8")?;
         let mut server = self.spawn(labnet, &["serve", &format!("{}:{port}", self.addr)])?;
-        let out = server.child.stdout.as_mut().context("server stdout")?;
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)?;
-        let v: serde_json::Value =
-            serde_json::from_str(&line).with_context(|| format!("server said {line:?}"))?;
-        let addr = v["listening"]
-            .as_str()
-            .context("no listening address")?
-            .to_owned();
+        let addr = server.listening()?;
         Ok((server, addr))
     }
 
@@ -198,6 +190,20 @@ pub struct Server {
 }
 
 impl Server {
+    /// Waits for a labnet server's first line, `{"listening": ADDR}`, and
+    /// returns ADDR.
+    pub fn listening(&mut self) -> Result<String> {
+        let out = self.child.stdout.as_mut().context("server stdout")?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)?;
+        let v: serde_json::Value =
+            serde_json::from_str(&line).with_context(|| format!("server said {line:?}"))?;
+        Ok(v["listening"]
+            .as_str()
+            .context("no listening address")?
+            .to_owned())
+    }
+
     /// Kills the process and returns what it printed.
     pub fn finish(mut self) -> Result<String> {
         let _ = self.child.kill();
