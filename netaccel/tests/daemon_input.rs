@@ -11,10 +11,11 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use netaccel::fdpass::send_with_fds;
 use rootless_lab::seccomp::notify_connect_on_this_thread;
+use rootless_lab::wait_for;
 
 struct Daemon {
     child: Child,
@@ -36,11 +37,10 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("start daemon");
-        let start = Instant::now();
-        while !socket.exists() {
-            assert!(start.elapsed() < Duration::from_secs(10), "daemon did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for("the daemon to listen", Duration::from_secs(10), || {
+            socket.exists().then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
         Self {
             child,
             socket,
@@ -54,15 +54,10 @@ impl Daemon {
     }
 
     fn wait_log(&self, needle: &str) {
-        let start = Instant::now();
-        while !self.log().contains(needle) {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "log never said {needle:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for("the daemon log", Duration::from_secs(10), || {
+            self.log().contains(needle).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}: log never said {needle:?}:\n{}", self.log()));
     }
 
     fn assert_alive(&mut self) {

@@ -4,23 +4,13 @@
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use netaccel::fdpass::send_with_fds;
 use rootless_lab::seccomp::notify_connect_on_this_thread;
+use rootless_lab::wait_for;
 
 const NETACCEL: &str = env!("CARGO_BIN_EXE_netaccel");
-
-fn wait(what: &str, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn status(api: &std::path::Path) -> serde_json::Value {
     let out = Command::new(NETACCEL)
@@ -52,7 +42,10 @@ fn pid_file_status_and_clean_shutdown() {
         .stderr(Stdio::null())
         .spawn()
         .expect("daemon");
-    wait("the pid file", || pid_file.exists() && api.exists());
+    wait_for("the pid file", Duration::from_secs(10), || {
+        (pid_file.exists() && api.exists()).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     let pid: u32 = std::fs::read_to_string(&pid_file)
         .expect("pid")
         .trim()
