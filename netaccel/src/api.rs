@@ -309,9 +309,7 @@ async fn remove(
 
 /// Default API socket: `$XDG_RUNTIME_DIR/bypass4netnsd.sock`, where nerdctl looks.
 pub fn default_api_socket() -> Option<PathBuf> {
-    std::env::var_os("XDG_RUNTIME_DIR")
-        .filter(|d| !d.is_empty())
-        .map(|d| Path::new(&d).join("bypass4netnsd.sock"))
+    crate::runtime_dir().map(|d| d.join("bypass4netnsd.sock"))
 }
 
 #[cfg(test)]

@@ -28,9 +28,14 @@ pub mod sockopts;
 pub mod state;
 pub mod tracee;
 
-/// Default daemon socket: `$XDG_RUNTIME_DIR/netaccel/netaccel.sock`.
-pub fn default_socket_path() -> Option<std::path::PathBuf> {
+/// The user's runtime directory, `$XDG_RUNTIME_DIR`, when it is set.
+pub fn runtime_dir() -> Option<std::path::PathBuf> {
     std::env::var_os("XDG_RUNTIME_DIR")
         .filter(|d| !d.is_empty())
-        .map(|d| std::path::PathBuf::from(d).join("netaccel").join("netaccel.sock"))
+        .map(std::path::PathBuf::from)
+}
+
+/// Default daemon socket: `$XDG_RUNTIME_DIR/netaccel/netaccel.sock`.
+pub fn default_socket_path() -> Option<std::path::PathBuf> {
+    runtime_dir().map(|d| d.join("netaccel").join("netaccel.sock"))
 }
