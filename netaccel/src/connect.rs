@@ -296,7 +296,7 @@ pub async fn handle(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<Ou
     };
     let nonblocking = rustix::fs::fcntl_getfl(&orig)?.contains(rustix::fs::OFlags::NONBLOCK);
     let cloexec = tracee::fd_is_cloexec(n.pid, call.fd).unwrap_or(false);
-    let opts = SocketOptions::read(&orig, facts.family);
+    let opts = SocketOptions::read(&orig, facts.family, facts.socket_type);
     drop(orig);
 
     let host = rustix::net::socket_with(

@@ -45,9 +45,12 @@ pub struct NotReplayed {
 }
 
 impl SocketOptions {
-    pub fn read(fd: impl AsFd, family: AddressFamily) -> Self {
+    /// Reads the options of a socket of `family` and `kind`; TCP-level ones
+    /// only from stream sockets (on UDP each would be a failing syscall).
+    pub fn read(fd: impl AsFd, family: AddressFamily, kind: SocketType) -> Self {
         let fd = fd.as_fd();
         let v6 = family == AddressFamily::INET6;
+        let tcp = kind == SocketType::STREAM;
         Self {
             reuseaddr: so::socket_reuseaddr(fd).ok(),
             reuseport: so::socket_reuseport(fd).ok(),
@@ -59,12 +62,12 @@ impl SocketOptions {
             send_timeout: so::socket_timeout(fd, rustix::net::sockopt::Timeout::Send).ok(),
             recv_buffer: so::socket_recv_buffer_size(fd).ok(),
             send_buffer: so::socket_send_buffer_size(fd).ok(),
-            nodelay: so::tcp_nodelay(fd).ok(),
-            keepidle: so::tcp_keepidle(fd).ok(),
-            keepintvl: so::tcp_keepintvl(fd).ok(),
-            keepcnt: so::tcp_keepcnt(fd).ok(),
-            user_timeout: so::tcp_user_timeout(fd).ok(),
-            congestion: so::tcp_congestion(fd).ok(),
+            nodelay: if tcp { so::tcp_nodelay(fd).ok() } else { None },
+            keepidle: if tcp { so::tcp_keepidle(fd).ok() } else { None },
+            keepintvl: if tcp { so::tcp_keepintvl(fd).ok() } else { None },
+            keepcnt: if tcp { so::tcp_keepcnt(fd).ok() } else { None },
+            user_timeout: if tcp { so::tcp_user_timeout(fd).ok() } else { None },
+            congestion: if tcp { so::tcp_congestion(fd).ok() } else { None },
             ip_tos: if v6 { None } else { so::ip_tos(fd).ok() },
             ipv6_v6only: if v6 { so::ipv6_v6only(fd).ok() } else { None },
             ipv6_tclass: if v6 { so::ipv6_tclass(fd).ok() } else { None },
@@ -74,7 +77,7 @@ impl SocketOptions {
     /// Options of a fresh socket of `family` and `kind` in the daemon's namespace.
     pub fn fresh(family: AddressFamily, kind: SocketType) -> rustix::io::Result<Self> {
         let sock = rustix::net::socket(family, kind, None)?;
-        Ok(Self::read(&sock, family))
+        Ok(Self::read(&sock, family, kind))
     }
 
     /// Applies to `fd` every option that differs from `defaults`. Returns what
@@ -176,7 +179,10 @@ mod tests {
         let defaults = SocketOptions::fresh(AddressFamily::INET, SocketType::STREAM).expect("v4 socket");
         let target = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).expect("socket");
         assert!(defaults.apply_changed(&target, &defaults).is_empty());
-        assert_eq!(SocketOptions::read(&target, AddressFamily::INET), defaults);
+        assert_eq!(
+            SocketOptions::read(&target, AddressFamily::INET, SocketType::STREAM),
+            defaults
+        );
     }
 
     #[test]
@@ -190,12 +196,15 @@ mod tests {
             .expect("sndtimeo");
         so::set_socket_send_buffer_size(&orig, 96 * 1024).expect("sndbuf");
         so::set_ip_tos(&orig, 0x10).expect("tos");
-        let opts = SocketOptions::read(&orig, AddressFamily::INET);
+        let opts = SocketOptions::read(&orig, AddressFamily::INET, SocketType::STREAM);
         assert_eq!(opts.send_timeout, Some(Some(Duration::from_millis(1500))));
 
         let host = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).expect("socket");
         assert!(opts.apply_changed(&host, &defaults).is_empty());
-        assert_eq!(SocketOptions::read(&host, AddressFamily::INET), opts);
+        assert_eq!(
+            SocketOptions::read(&host, AddressFamily::INET, SocketType::STREAM),
+            opts
+        );
         // The receive buffer was not set on the original, so it stays unlocked.
         assert_eq!(
             so::socket_recv_buffer_size(&host).expect("rcvbuf"),
@@ -213,7 +222,7 @@ mod tests {
         let flipped = !so::ipv6_v6only(&orig).expect("v6only");
         so::set_ipv6_v6only(&orig, flipped).expect("set v6only");
         let host = rustix::net::socket(AddressFamily::INET6, SocketType::STREAM, None).expect("socket");
-        let opts = SocketOptions::read(&orig, AddressFamily::INET6);
+        let opts = SocketOptions::read(&orig, AddressFamily::INET6, SocketType::STREAM);
         assert!(opts.apply_changed(&host, &defaults).is_empty());
         assert_eq!(so::ipv6_v6only(&host).expect("v6only"), flipped);
     }
