@@ -74,7 +74,9 @@ enum Command {
     /// profile on create/run, then exec the real runtime with the same
     /// arguments. Engines can also run this binary as `netaccel-runc` or
     /// `netaccel-crun` (a link), configured by NETACCEL_SOCKET and
-    /// NETACCEL_IGNORE (comma-separated CIDRs).
+    /// NETACCEL_IGNORE (comma-separated CIDRs). A container adds its own
+    /// ranges with the annotation netaccel/ignore-subnets or the variable
+    /// NETACCEL_IGNORE in its environment.
     Runtime {
         /// Daemon socket to put in listenerPath [default: $XDG_RUNTIME_DIR/netaccel/netaccel.sock].
         #[arg(long)]
@@ -111,10 +113,9 @@ fn run_runtime(
     use netaccel::runtime::{bundle_dir, creates_container, patch_bundle, subcommand};
     if creates_container(args) {
         let socket = socket_or_default(socket)?;
-        let profile = NotifyProfile::new(&socket, &ContainerSettings { ignore })?;
         let after = subcommand(args).map(|(i, _)| &args[i + 1..]).unwrap_or_default();
         let bundle = bundle_dir(after);
-        patch_bundle(&bundle, &profile)
+        patch_bundle(&bundle, &socket, &ignore)
             .with_context(|| format!("adding the netaccel fast path to bundle {}", bundle.display()))?;
     }
     let err = std::os::unix::process::CommandExt::exec(std::process::Command::new(real).args(args));
@@ -125,16 +126,10 @@ fn run_runtime(
 fn run_as_link(runtime: &str) -> Result<()> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let socket = std::env::var_os("NETACCEL_SOCKET").map(PathBuf::from);
-    let ignore = std::env::var("NETACCEL_IGNORE")
-        .unwrap_or_default()
-        .split(',')
-        .filter(|c| !c.trim().is_empty())
-        .map(|c| {
-            c.trim()
-                .parse::<IpNet>()
-                .with_context(|| format!("NETACCEL_IGNORE: {c:?} is not a CIDR"))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let ignore = netaccel::runtime::parse_cidr_list(
+        "the wrapper's environment NETACCEL_IGNORE",
+        &std::env::var(netaccel::runtime::IGNORE_ENV).unwrap_or_default(),
+    )?;
     run_runtime(socket, ignore, std::ffi::OsStr::new(runtime), &args)
 }
 

@@ -8,9 +8,18 @@
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
+use ipnet::IpNet;
 use serde_json::{json, Value};
 
-use crate::profile::{NotifyProfile, NOTIFIED_SYSCALLS};
+use crate::profile::{NotifyProfile, ProfileError, NOTIFIED_SYSCALLS};
+use crate::state::ContainerSettings;
+
+/// Per-container ignore ranges (comma-separated CIDRs) in the container's
+/// environment, for engines that pass neither labels nor annotations to the
+/// runtime (Docker 20.10). Also read from the wrapper's own environment.
+pub const IGNORE_ENV: &str = "NETACCEL_IGNORE";
+/// The same as an OCI annotation (Podman `--annotation`, nerdctl, Docker ≥ 24).
+pub const IGNORE_ANNOTATION: &str = "netaccel/ignore-subnets";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -30,6 +39,49 @@ pub enum RuntimeError {
     Json { path: String, source: serde_json::Error },
     #[error("cannot write {path}: {source}")]
     Write { path: String, source: std::io::Error },
+    #[error("{origin}: {value:?} is not a CIDR (expected e.g. 10.244.0.0/16,10.96.0.0/16)")]
+    BadIgnore { origin: String, value: String },
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+}
+
+/// Parses a comma-separated CIDR list; `origin` names where it came from.
+pub fn parse_cidr_list(origin: &str, list: &str) -> Result<Vec<IpNet>, RuntimeError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            c.parse().map_err(|_| RuntimeError::BadIgnore {
+                origin: origin.to_owned(),
+                value: c.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// The ignore ranges the engine put into the bundle for this container:
+/// the [`IGNORE_ANNOTATION`] annotation and the [`IGNORE_ENV`] variable of
+/// `process.env`.
+pub fn bundle_ignore(config: &Value) -> Result<Vec<IpNet>, RuntimeError> {
+    let mut out = Vec::new();
+    if let Some(list) = config
+        .pointer("/annotations")
+        .and_then(|a| a.get(IGNORE_ANNOTATION))
+        .and_then(Value::as_str)
+    {
+        out.extend(parse_cidr_list(&format!("annotation {IGNORE_ANNOTATION}"), list)?);
+    }
+    let prefix = format!("{IGNORE_ENV}=");
+    let env = config.pointer("/process/env").and_then(Value::as_array);
+    for entry in env.into_iter().flatten().filter_map(Value::as_str) {
+        if let Some(list) = entry.strip_prefix(&prefix) {
+            out.extend(parse_cidr_list(
+                &format!("container environment {IGNORE_ENV}"),
+                list,
+            )?);
+        }
+    }
+    Ok(out)
 }
 
 /// Runtime subcommands that start a container process with a seccomp filter.
@@ -160,7 +212,9 @@ pub fn merge_seccomp(existing: Option<&Value>, ours: &NotifyProfile) -> Result<V
 
 /// Rewrites `<bundle>/config.json` with the merged profile (write to a
 /// temporary file, then rename, so a failure never leaves half a config).
-pub fn patch_bundle(bundle: &Path, ours: &NotifyProfile) -> Result<(), RuntimeError> {
+/// The container's own ignore ranges ([`bundle_ignore`]) are added to
+/// `ignore`.
+pub fn patch_bundle(bundle: &Path, socket: &Path, ignore: &[IpNet]) -> Result<(), RuntimeError> {
     let path = bundle.join("config.json");
     let shown = path.display().to_string();
     let bytes = std::fs::read(&path).map_err(|source| RuntimeError::Read {
@@ -171,7 +225,14 @@ pub fn patch_bundle(bundle: &Path, ours: &NotifyProfile) -> Result<(), RuntimeEr
         path: shown.clone(),
         source,
     })?;
-    let merged = merge_seccomp(config.pointer("/linux/seccomp"), ours)?;
+    let mut all = ignore.to_vec();
+    for net in bundle_ignore(&config)? {
+        if !all.contains(&net) {
+            all.push(net);
+        }
+    }
+    let ours = NotifyProfile::new(socket, &ContainerSettings { ignore: all })?;
+    let merged = merge_seccomp(config.pointer("/linux/seccomp"), &ours)?;
     match config.get_mut("linux") {
         Some(Value::Object(linux)) => {
             linux.insert("seccomp".into(), merged);
@@ -202,7 +263,6 @@ pub fn runtime_from_link_name(argv0: &OsStr) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::ContainerSettings;
 
     fn ours() -> NotifyProfile {
         NotifyProfile::new(
@@ -295,6 +355,50 @@ mod tests {
         let conditional = json!({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["connect"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 3, "op": "SCMP_CMP_EQ"}]}]});
         let err = merge_seccomp(Some(&conditional), &ours()).expect_err("conditional allow");
         assert!(err.to_string().contains("argument conditions"), "{err}");
+    }
+
+    #[test]
+    fn container_ignore_ranges_come_from_annotation_and_env() {
+        let config = json!({
+            "annotations": {"netaccel/ignore-subnets": "10.244.0.0/16, 10.96.0.0/16"},
+            "process": {"env": ["PATH=/bin", "NETACCEL_IGNORE=10.100.7.0/24"]}
+        });
+        let nets: Vec<String> = bundle_ignore(&config)
+            .expect("parse")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nets, ["10.244.0.0/16", "10.96.0.0/16", "10.100.7.0/24"]);
+        assert!(bundle_ignore(&json!({})).expect("none").is_empty());
+        let bad = json!({"process": {"env": ["NETACCEL_IGNORE=10.0.0.0/33"]}});
+        let err = bundle_ignore(&bad).expect_err("bad cidr");
+        assert!(
+            err.to_string().contains("10.0.0.0/33") && err.to_string().contains("environment"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn patching_merges_the_bundles_ranges_into_the_metadata() {
+        let dir = tempfile::tempdir().expect("dir");
+        let config = json!({"process": {"env": ["NETACCEL_IGNORE=10.100.7.0/24"]}, "linux": {}});
+        std::fs::write(dir.path().join("config.json"), config.to_string()).expect("write");
+        patch_bundle(
+            dir.path(),
+            Path::new("/run/n.sock"),
+            &["10.96.0.0/16".parse().expect("net")],
+        )
+        .expect("patch");
+        let v: Value = serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).expect("read"))
+            .expect("json");
+        let meta: ContainerSettings = serde_json::from_str(
+            v["linux"]["seccomp"]["listenerMetadata"]
+                .as_str()
+                .expect("metadata"),
+        )
+        .expect("settings");
+        let nets: Vec<String> = meta.ignore.iter().map(ToString::to_string).collect();
+        assert_eq!(nets, ["10.96.0.0/16", "10.100.7.0/24"]);
     }
 
     #[test]

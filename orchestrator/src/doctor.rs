@@ -33,7 +33,33 @@ pub struct HostFacts {
     pub subgid_lines: String,
     pub yama_ptrace_scope: Option<u64>,
     pub is_root: bool,
+    /// Controllers delegated to the user's systemd instance (cgroup v2),
+    /// `None` on a cgroup v1/hybrid host.
+    pub delegated_controllers: Option<Vec<String>>,
+    /// Kernel modules loaded or built in, among [`MODULES`].
+    pub modules: Vec<(&'static str, bool)>,
+    pub rp_filter_default: Option<u64>,
+    /// The engine found, or why none was.
+    pub engine: Option<Result<EngineFacts, String>>,
+    /// Published ports held by something else.
+    pub taken_ports: Vec<String>,
+    /// Whether the engine knows the wrapper runtime (for `--accel`).
+    pub accel_runtime: Option<Result<(), String>>,
+    /// Where the netaccel binary is.
+    pub netaccel: Option<String>,
+    /// The configuration could not be resolved.
+    pub config_error: Option<String>,
 }
+
+#[derive(Debug, Clone, Default)]
+pub struct EngineFacts {
+    pub name: &'static str,
+    pub version: String,
+    pub rootless: bool,
+}
+
+/// Modules the node's networking needs on the host kernel.
+pub const MODULES: &[&str] = &["br_netfilter", "vxlan"];
 
 const TOOLS: &[&str] = &["runc", "slirp4netns", "rootlesskit", "newuidmap", "newgidmap"];
 const FIX: &str = "run init-host/init-host.root.sh as root";
@@ -62,8 +88,32 @@ impl HostFacts {
             subgid_lines: read("/etc/subgid").unwrap_or_default(),
             yama_ptrace_scope: num("/proc/sys/kernel/yama/ptrace_scope"),
             is_root: uid == Some(0),
+            delegated_controllers: uid.and_then(delegated_controllers),
+            modules: MODULES.iter().map(|m| (*m, module_present(m))).collect(),
+            rp_filter_default: num("/proc/sys/net/ipv4/conf/default/rp_filter"),
+            ..Default::default()
         }
     }
+}
+
+/// The controllers of the user's systemd service cgroup, on cgroup v2.
+fn delegated_controllers(uid: u32) -> Option<Vec<String>> {
+    if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        return None;
+    }
+    let path = format!("/sys/fs/cgroup/user.slice/user-{uid}.slice/user@{uid}.service/cgroup.controllers");
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    Some(text.split_whitespace().map(str::to_owned).collect())
+}
+
+fn module_present(name: &str) -> bool {
+    if Path::new("/sys/module").join(name).exists() {
+        return true;
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let builtin = std::fs::read_to_string(format!("/lib/modules/{}/modules.builtin", release.trim()))
+        .unwrap_or_default();
+    builtin.lines().any(|l| l.ends_with(&format!("/{name}.ko")))
 }
 
 fn user_name(uid: u32) -> Option<String> {
@@ -93,7 +143,10 @@ fn has_range(lines: &str, user: &str) -> bool {
     })
 }
 
-pub fn evaluate(f: &HostFacts) -> Vec<Finding> {
+/// Controllers kubelet needs delegated to run pods with limits.
+const CONTROLLERS: &[&str] = &["cpu", "memory", "pids"];
+
+pub fn evaluate(f: &HostFacts, accel: bool) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut push = |check, ok, severity, detail: String| {
         out.push(Finding {
@@ -175,6 +228,103 @@ pub fn evaluate(f: &HostFacts) -> Vec<Finding> {
             "kernel.yama.ptrace_scope=3 forbids pidfd_getfd: `u7s up --accel` cannot work until reboot with a lower value".into()
         },
     );
+    if let Some(e) = &f.config_error {
+        push("settings", false, Severity::Blocking, e.clone());
+    }
+    match &f.engine {
+        Some(Ok(e)) if e.rootless => push("engine", true, Severity::Blocking, format!("{} {} (rootless)", e.name, e.version)),
+        Some(Ok(e)) => push(
+            "engine",
+            false,
+            Severity::Warning,
+            format!("{} {} runs as root: u7s works, but the node is not confined to your user (dockerd-rootless-setuptool.sh install)", e.name, e.version),
+        ),
+        Some(Err(e)) => push("engine", false, Severity::Blocking, e.clone()),
+        None => {}
+    }
+    match &f.delegated_controllers {
+        None => push(
+            "cgroup v2",
+            false,
+            Severity::Warning,
+            "this host uses cgroup v1/hybrid: the node starts, but kubelet in a user namespace needs cgroup v2 (boot with systemd.unified_cgroup_hierarchy=1)".into(),
+        ),
+        Some(have) => {
+            let missing: Vec<&str> = CONTROLLERS.iter().copied().filter(|c| !have.iter().any(|h| h == c)).collect();
+            push(
+                "cgroup v2",
+                missing.is_empty(),
+                Severity::Warning,
+                if missing.is_empty() {
+                    format!("delegated: {}", have.join(" "))
+                } else {
+                    format!("controllers {} are not delegated to your user: add Delegate=cpu cpuset io memory pids to /etc/systemd/system/user@.service.d/delegate.conf, then systemctl daemon-reload", missing.join(" "))
+                },
+            );
+        }
+    }
+    for (m, present) in &f.modules {
+        push(
+            "kernel module",
+            *present,
+            Severity::Warning,
+            if *present {
+                format!("{m}: loaded")
+            } else {
+                format!("{m} is not loaded: add it to /etc/modules-load.d/u7s.conf and run `modprobe {m}` as root")
+            },
+        );
+    }
+    let rp_ok = f.rp_filter_default.is_some_and(|v| v != 1);
+    push(
+        "rp_filter",
+        rp_ok,
+        Severity::Warning,
+        if rp_ok {
+            format!(
+                "net.ipv4.conf.default.rp_filter = {}",
+                f.rp_filter_default.unwrap_or_default()
+            )
+        } else {
+            "net.ipv4.conf.default.rp_filter must be 0 or 2 for VXLAN between nodes: sysctl -w net.ipv4.conf.default.rp_filter=2 (and persist it in /etc/sysctl.d)".into()
+        },
+    );
+    if f.config_error.is_none() && f.engine.is_some() {
+        push(
+            "ports",
+            f.taken_ports.is_empty(),
+            Severity::Blocking,
+            if f.taken_ports.is_empty() {
+                "the node's ports are free (or held by its running node)".into()
+            } else {
+                format!(
+                    "in use: {}; use --tenant N or the PORT_* variables",
+                    f.taken_ports.join(", ")
+                )
+            },
+        );
+    }
+    if accel {
+        push(
+            "netaccel",
+            f.netaccel.is_some(),
+            Severity::Blocking,
+            f.netaccel.clone().unwrap_or_else(|| {
+                "not found: cargo build --release -p netaccel, then put it on PATH (or set U7S_NETACCEL)"
+                    .into()
+            }),
+        );
+        match &f.accel_runtime {
+            Some(Ok(())) => push(
+                "accel runtime",
+                true,
+                Severity::Blocking,
+                "the engine knows the netaccel runtime".into(),
+            ),
+            Some(Err(e)) => push("accel runtime", false, Severity::Blocking, e.clone()),
+            None => {}
+        }
+    }
     out
 }
 
@@ -193,12 +343,28 @@ mod tests {
             subgid_lines: "alice:100000:65536\n".into(),
             yama_ptrace_scope: Some(1),
             is_root: false,
+            delegated_controllers: Some(vec!["cpu".into(), "memory".into(), "pids".into()]),
+            modules: MODULES.iter().map(|m| (*m, true)).collect(),
+            rp_filter_default: Some(2),
+            engine: Some(Ok(EngineFacts {
+                name: "docker",
+                version: "20.10".into(),
+                rootless: true,
+            })),
+            taken_ports: Vec::new(),
+            accel_runtime: Some(Ok(())),
+            netaccel: Some("/usr/local/bin/netaccel".into()),
+            config_error: None,
         }
     }
 
     #[test]
     fn a_prepared_host_passes() {
-        assert!(evaluate(&good()).iter().all(|f| f.ok), "{:?}", evaluate(&good()));
+        assert!(
+            evaluate(&good(), true).iter().all(|f| f.ok),
+            "{:?}",
+            evaluate(&good(), true)
+        );
     }
 
     #[test]
@@ -239,13 +405,101 @@ mod tests {
                 },
                 "runc not found",
             ),
+            (
+                HostFacts {
+                    engine: Some(Err("no container engine found".into())),
+                    ..good()
+                },
+                "no container engine",
+            ),
+            (
+                HostFacts {
+                    taken_ports: vec!["6443/tcp (PORT_KUBE_APISERVER)".into()],
+                    ..good()
+                },
+                "--tenant",
+            ),
+            (
+                HostFacts {
+                    netaccel: None,
+                    ..good()
+                },
+                "cargo build",
+            ),
+            (
+                HostFacts {
+                    accel_runtime: Some(Err("docker has no runtime named \"netaccel\"".into())),
+                    ..good()
+                },
+                "netaccel",
+            ),
         ];
         for (facts, hint) in cases {
-            let bad: Vec<_> = evaluate(&facts).into_iter().filter(|f| !f.ok).collect();
+            let bad: Vec<_> = evaluate(&facts, true).into_iter().filter(|f| !f.ok).collect();
             assert_eq!(bad.len(), 1, "{bad:?}");
             assert_eq!(bad[0].severity, Severity::Blocking);
             assert!(bad[0].detail.contains(hint), "{:?} lacks {hint:?}", bad[0]);
         }
+    }
+
+    #[test]
+    fn weaker_setups_warn_with_the_fix() {
+        let cases: Vec<(HostFacts, &str)> = vec![
+            (
+                HostFacts {
+                    delegated_controllers: None,
+                    ..good()
+                },
+                "cgroup v2",
+            ),
+            (
+                HostFacts {
+                    delegated_controllers: Some(vec!["pids".into()]),
+                    ..good()
+                },
+                "Delegate=",
+            ),
+            (
+                HostFacts {
+                    modules: vec![("vxlan", false)],
+                    ..good()
+                },
+                "modprobe vxlan",
+            ),
+            (
+                HostFacts {
+                    rp_filter_default: Some(1),
+                    ..good()
+                },
+                "rp_filter=2",
+            ),
+            (
+                HostFacts {
+                    engine: Some(Ok(EngineFacts {
+                        name: "docker",
+                        version: "20.10".into(),
+                        rootless: false,
+                    })),
+                    ..good()
+                },
+                "rootless",
+            ),
+        ];
+        for (facts, hint) in cases {
+            let bad: Vec<_> = evaluate(&facts, false).into_iter().filter(|f| !f.ok).collect();
+            assert_eq!(bad.len(), 1, "{bad:?}");
+            assert_eq!(bad[0].severity, Severity::Warning);
+            assert!(bad[0].detail.contains(hint), "{:?} lacks {hint:?}", bad[0]);
+        }
+    }
+
+    #[test]
+    fn accel_checks_only_count_for_accel() {
+        let f = HostFacts {
+            netaccel: None,
+            ..good()
+        };
+        assert!(evaluate(&f, false).iter().all(|x| x.ok));
     }
 
     #[test]

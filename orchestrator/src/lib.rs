@@ -1,6 +1,19 @@
 //! u7s: rootless Kubernetes, kubeadm nodes in rootless container engines.
 //!
-//! This crate grows command by command (see the project's issues); today it
-//! holds the host checks behind `u7s doctor`.
+//! - [`config`]: the original's variables, flags and file, resolved;
+//! - [`node`]: the node container, engine-neutral ([`node::NodeSpec`]);
+//! - [`engine`]: Docker/Podman (Docker API) and nerdctl (CLI) drivers;
+//! - [`image`]: the node image's build context;
+//! - [`kubeadm`]: the cluster steps run inside the node;
+//! - [`hostnet`]: host IP, host subnets, free ports;
+//! - [`accel`]: the netaccel daemon and wrapper runtime for `--accel`;
+//! - [`doctor`]: host prerequisites.
 
+pub mod accel;
+pub mod config;
 pub mod doctor;
+pub mod engine;
+pub mod hostnet;
+pub mod image;
+pub mod kubeadm;
+pub mod node;

@@ -1,0 +1,185 @@
+//! The node image: the build context shipped with u7s (Dockerfile and
+//! entrypoint, compiled into the binary so an installed u7s needs no
+//! checkout) or a user's own directory, tagged by a hash of its content so
+//! `up` rebuilds exactly when something changed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::ImageSource;
+use crate::engine::ContextFile;
+
+pub const DEFAULT_BASE_IMAGE: &str = "docker.io/kindest/node:v1.30.0";
+const DOCKERFILE: &[u8] = include_bytes!("../node-image/Dockerfile");
+const ENTRYPOINT: &[u8] = include_bytes!("../node-image/u7s-entrypoint.sh");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("cannot read the node image directory {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path} has no Dockerfile: U7S_NODE_IMAGE_DIR must be a build context")]
+    NoDockerfile { path: String },
+}
+
+/// A build: its context, build arguments and content-derived tag.
+#[derive(Debug, Clone)]
+pub struct ImageBuild {
+    pub files: Vec<ContextFile>,
+    pub build_args: BTreeMap<String, String>,
+    pub tag: String,
+}
+
+/// The shipped context.
+pub fn shipped_context() -> Vec<ContextFile> {
+    vec![
+        ContextFile {
+            path: "Dockerfile".into(),
+            mode: 0o644,
+            content: DOCKERFILE.to_vec(),
+        },
+        ContextFile {
+            path: "u7s-entrypoint.sh".into(),
+            mode: 0o755,
+            content: ENTRYPOINT.to_vec(),
+        },
+    ]
+}
+
+/// Every regular file under `dir`, with relative paths (sorted, so the tag
+/// does not depend on directory order).
+pub fn read_context_dir(dir: &Path) -> Result<Vec<ContextFile>, ImageError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| ImageError::Read {
+        path: dir.display().to_string(),
+        source,
+    };
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).map_err(err)? {
+            let entry = entry.map_err(err)?;
+            let meta = entry.metadata().map_err(err)?;
+            let path = entry.path();
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() {
+                let rel = path.strip_prefix(dir).unwrap_or(&path).display().to_string();
+                out.push(ContextFile {
+                    path: rel,
+                    mode: meta.permissions().mode() & 0o7777,
+                    content: std::fs::read(&path).map_err(err)?,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    if !out.iter().any(|f| f.path == "Dockerfile") {
+        return Err(ImageError::NoDockerfile {
+            path: dir.display().to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// The build for `source`; `None` for a prebuilt image.
+pub fn plan(source: &ImageSource) -> Result<Option<ImageBuild>, ImageError> {
+    let ImageSource::Build { base, context_dir } = source else {
+        return Ok(None);
+    };
+    let files = match context_dir {
+        Some(d) => read_context_dir(d)?,
+        None => shipped_context(),
+    };
+    let mut build_args = BTreeMap::new();
+    if context_dir.is_none() || base.is_some() {
+        build_args.insert(
+            "BASE_IMAGE".to_owned(),
+            base.clone().unwrap_or_else(|| DEFAULT_BASE_IMAGE.to_owned()),
+        );
+    }
+    let mut h = Sha256::new();
+    for f in &files {
+        h.update(f.path.as_bytes());
+        h.update([0]);
+        h.update(f.mode.to_le_bytes());
+        h.update((f.content.len() as u64).to_le_bytes());
+        h.update(&f.content);
+    }
+    for (k, v) in &build_args {
+        h.update(format!("{k}={v}\n").as_bytes());
+    }
+    let digest = h.finalize();
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    Ok(Some(ImageBuild {
+        files,
+        build_args,
+        tag: format!("localhost/u7s-node:{hex}"),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_context_builds_from_kind_with_our_entrypoint() {
+        let b = plan(&ImageSource::Build {
+            base: None,
+            context_dir: None,
+        })
+        .expect("plan")
+        .expect("a build");
+        let dockerfile = String::from_utf8_lossy(&b.files[0].content).into_owned();
+        assert!(dockerfile.contains("FROM ${BASE_IMAGE}"));
+        assert!(dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/u7s-entrypoint.sh\""));
+        assert_eq!(b.build_args["BASE_IMAGE"], DEFAULT_BASE_IMAGE);
+        assert_eq!(b.files[1].mode, 0o755);
+        assert!(b.tag.starts_with("localhost/u7s-node:"));
+    }
+
+    #[test]
+    fn the_tag_follows_the_content_and_base() {
+        let a = plan(&ImageSource::Build {
+            base: None,
+            context_dir: None,
+        })
+        .expect("plan")
+        .expect("build");
+        let b = plan(&ImageSource::Build {
+            base: Some("kindest/node:v1.31.0".into()),
+            context_dir: None,
+        })
+        .expect("plan")
+        .expect("build");
+        assert_ne!(a.tag, b.tag);
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("Dockerfile"), "FROM x\n").expect("write");
+        std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
+        std::fs::write(dir.path().join("sub/f"), "1").expect("write");
+        let src = ImageSource::Build {
+            base: None,
+            context_dir: Some(dir.path().to_path_buf()),
+        };
+        let c1 = plan(&src).expect("plan").expect("build");
+        assert!(
+            c1.build_args.is_empty(),
+            "a custom context gets no BASE_IMAGE unless asked"
+        );
+        assert_eq!(
+            c1.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
+            ["Dockerfile", "sub/f"]
+        );
+        std::fs::write(dir.path().join("sub/f"), "2").expect("write");
+        assert_ne!(plan(&src).expect("plan").expect("build").tag, c1.tag);
+        assert!(plan(&ImageSource::Prebuilt("x".into())).expect("plan").is_none());
+        let empty = tempfile::tempdir().expect("dir");
+        let err = plan(&ImageSource::Build {
+            base: None,
+            context_dir: Some(empty.path().to_path_buf()),
+        })
+        .expect_err("no Dockerfile");
+        assert!(err.to_string().contains("no Dockerfile"), "{err}");
+    }
+}

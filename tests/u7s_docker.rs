@@ -1,0 +1,493 @@
+//! End-to-end: `u7s` against rootless Docker (Debian's docker.io started by
+//! dockerd-rootless.sh as the lab user), with a node image built by `u7s up`
+//! from a local busybox rootfs plus the shipped u7s entrypoint (kindest/node
+//! cannot be pulled here). Checks the node's shape as the engine reports it,
+//! published ports on the host, state across down/up, shell/logs, two
+//! tenants side by side, the same flow through the CLI driver (nerdctl's,
+//! run with the docker CLI), and `--accel`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use rootless_lab::docker::{RootlessDocker, DOCKER_CLI};
+use std::time::Duration;
+
+use rootless_lab::{wait_for, workspace_bin, Lab, PeerHost};
+use serde_json::Value;
+
+const BASE: &str = "lab/busybox:1";
+/// An address for HOST_IP that no real host uses (TEST-NET-1).
+const HOST_IP: &str = "192.0.2.10";
+
+struct U7s<'a> {
+    lab: &'a Lab,
+    bin: PathBuf,
+    docker_host: String,
+    context: PathBuf,
+    work: PathBuf,
+}
+
+impl U7s<'_> {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = self.lab.user_command(&self.bin);
+        cmd.env("DOCKER_HOST", &self.docker_host)
+            .env("HOST_IP", HOST_IP)
+            .env("U7S_NODE_IMAGE_DIR", &self.context)
+            .env("U7S_NETACCEL", self.lab.bin_dir().join("netaccel"))
+            .current_dir(&self.work)
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = self.command(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run u7s")
+    }
+
+    /// Runs and requires success; returns stdout and stderr together.
+    fn ok(&self, args: &[&str], env: &[(&str, &str)]) -> String {
+        let o = self.run(args, env);
+        let t = text(&o);
+        assert!(o.status.success(), "u7s {args:?} failed: {t}");
+        assert!(!t.contains("panicked"), "{t}");
+        t
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The node's own service: like kubelet under the node's init, it runs as
+/// a descendant of the container's first process. It fetches the URL put
+/// into /tmp/fetch and writes the data's sha256 to /tmp/fetched.
+const FETCH_LOOP: &str = "while :; do if [ -f /tmp/fetch ]; then wget -q -O - $(cat /tmp/fetch) | sha256sum > /tmp/fetched.part; mv /tmp/fetched.part /tmp/fetched; rm /tmp/fetch; fi; sleep 1; done";
+
+/// A node image context: the busybox rootfs with every applet linked, and
+/// the entrypoint u7s ships for the real node image.
+fn node_context(lab: &Lab) -> PathBuf {
+    let dir = lab.path().join("node-context");
+    std::fs::create_dir_all(&dir).expect("context dir");
+    let entrypoint =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../orchestrator/node-image/u7s-entrypoint.sh");
+    std::fs::copy(&entrypoint, dir.join("u7s-entrypoint.sh")).expect("copy entrypoint");
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!(
+            "FROM {BASE}\n\
+             RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox mkdir -p /usr/bin /usr/local/bin && /bin/busybox --install -s /usr/bin\"]\n\
+             COPY u7s-entrypoint.sh /usr/local/bin/u7s-entrypoint.sh\n\
+             ENTRYPOINT [\"/usr/local/bin/u7s-entrypoint.sh\"]\n\
+             CMD [\"sh\", \"-c\", \"echo u7s-test-node up; {FETCH_LOOP}\"]\n"
+        ),
+    )
+    .expect("Dockerfile");
+    for p in [dir.clone(), dir.join("Dockerfile"), dir.join("u7s-entrypoint.sh")] {
+        lab.chown(&p).expect("chown");
+    }
+    dir
+}
+
+fn inspect(docker: &RootlessDocker, name: &str) -> Option<Value> {
+    let o = docker
+        .docker(&["inspect", "--type", "container", name])
+        .expect("docker inspect");
+    if !o.status.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&o.stdout).expect("inspect JSON");
+    Some(v[0].clone())
+}
+
+/// The node as the engine sees it matches the design.
+fn assert_node_shape(c: &Value, node_name: &str, ports: [u16; 4], work: &Path) {
+    let hc = &c["HostConfig"];
+    assert_eq!(hc["Privileged"], true, "{hc}");
+    assert_eq!(c["Config"]["Hostname"], node_name);
+    assert_eq!(hc["RestartPolicy"]["Name"], "always");
+    assert_eq!(hc["Sysctls"]["net.ipv4.ip_forward"], "1", "{hc}");
+    let [etcd, api, kubelet, flannel] = ports;
+    for (key, port) in [
+        (format!("{etcd}/tcp"), etcd),
+        (format!("{api}/tcp"), api),
+        (format!("{kubelet}/tcp"), kubelet),
+        (format!("{flannel}/udp"), flannel),
+    ] {
+        assert_eq!(
+            hc["PortBindings"][&key][0]["HostPort"],
+            port.to_string(),
+            "{key} in {}",
+            hc["PortBindings"]
+        );
+    }
+    let tmpfs: Vec<&str> = hc["Tmpfs"]
+        .as_object()
+        .map(|m| m.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    assert!(tmpfs.contains(&"/run") && tmpfs.contains(&"/tmp"), "{hc}");
+    let mounts = c["Mounts"].as_array().expect("mounts");
+    let find = |dst: &str| {
+        mounts
+            .iter()
+            .find(|m| m["Destination"] == dst)
+            .unwrap_or_else(|| panic!("no mount at {dst}: {mounts:?}"))
+    };
+    for dst in ["/var", "/opt", "/etc"] {
+        assert_eq!(find(dst)["Type"], "volume", "{dst}");
+    }
+    let project = find("/u7s");
+    assert_eq!(project["Type"], "bind");
+    assert_eq!(project["RW"], false);
+    assert_eq!(project["Source"], work.display().to_string());
+    // Bound read-only where the host has them (this VM has no /lib/modules).
+    for host_dir in ["/lib/modules", "/boot"] {
+        if Path::new(host_dir).exists() {
+            assert_eq!(find(host_dir)["RW"], false, "{host_dir}");
+        } else {
+            assert!(mounts.iter().all(|m| m["Destination"] != host_dir), "{host_dir}");
+        }
+    }
+    let env: Vec<&str> = c["Config"]["Env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        env.contains(&format!("U7S_HOST_IP={HOST_IP}").as_str()),
+        "{env:?}"
+    );
+    let networks = c["NetworkSettings"]["Networks"].as_object().expect("networks");
+    let (_, net) = networks.iter().next().expect("one network");
+    let ip = net["IPAddress"].as_str().expect("ip");
+    assert!(ip.ends_with(".100"), "node IP {ip}");
+}
+
+fn port_is_held_tcp(port: u16) -> bool {
+    std::net::TcpListener::bind(("0.0.0.0", port)).is_err()
+}
+
+fn port_is_held_udp(port: u16) -> bool {
+    std::net::UdpSocket::bind(("0.0.0.0", port)).is_err()
+}
+
+#[test]
+fn u7s_runs_nodes_on_rootless_docker() {
+    let test = "u7s_runs_nodes_on_rootless_docker";
+    let Some(lab) = Lab::with_docker_or_skip(test) else {
+        return;
+    };
+    let docker = RootlessDocker::start(&lab, &[]).expect("rootless dockerd");
+    docker
+        .import_busybox(BASE)
+        .expect("base image from a local rootfs");
+    let work = lab.path().join("cluster");
+    std::fs::create_dir_all(&work).expect("work dir");
+    lab.chown(&work).expect("chown");
+    let u = U7s {
+        lab: &lab,
+        bin: lab
+            .install_bin(&workspace_bin("u7s").expect("u7s binary"))
+            .expect("install"),
+        docker_host: format!("unix://{}", lab.runtime_dir().join("docker.sock").display()),
+        context: node_context(&lab),
+        work: work.clone(),
+    };
+
+    // up: builds the image (progress shown), creates network, volumes, node.
+    let out = u.ok(&["up"], &[]);
+    assert!(
+        out.contains("building the node image") && out.contains("    | Step"),
+        "{out}"
+    );
+    assert!(out.contains("(rootless)"), "{out}");
+    let node = inspect(&docker, "u7s-node").expect("node container");
+    let node_name = node["Config"]["Hostname"].as_str().expect("hostname").to_owned();
+    assert!(node_name.starts_with("u7s-"), "{node_name}");
+    assert_node_shape(&node, &node_name, [2379, 6443, 10250, 8472], &work);
+    // The ports are really published on the host (rootlesskit holds them).
+    for p in [2379, 6443, 10250] {
+        assert!(port_is_held_tcp(p), "port {p}/tcp is not published");
+    }
+    assert!(port_is_held_udp(8472), "port 8472/udp is not published");
+
+    // shell: commands, exit codes, stdin; the shipped entrypoint ran.
+    let kubelet = u.ok(&["shell", "--", "cat", "/etc/default/kubelet"], &[]);
+    assert!(
+        kubelet.contains(&format!("--node-labels=u7s.io/host-ip={HOST_IP}")),
+        "{kubelet}"
+    );
+    assert_eq!(
+        u.run(&["shell", "--", "sh", "-c", "exit 3"], &[]).status.code(),
+        Some(3)
+    );
+    let mut child = u
+        .command(&["shell", "--", "sh", "-c", "read l; echo got:$l"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), b"hello\n").expect("write");
+    drop(child.stdin.take());
+    let o = child.wait_with_output().expect("wait");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("got:hello"),
+        "{}",
+        text(&o)
+    );
+
+    // kubeadm-init writes its config into the node, then stops cleanly at
+    // the boundary of this machine: the test node has no kubeadm.
+    let o = u.run(&["kubeadm-init"], &[]);
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("kubeadm init --config /etc/u7s/kubeadm-config.yaml"),
+        "{t}"
+    );
+    assert!(!t.contains("panicked"), "{t}");
+    let cfg = u.ok(&["shell", "--", "cat", "/etc/u7s/kubeadm-config.yaml"], &[]);
+    assert!(
+        cfg.contains("bindPort: 6443") && cfg.contains("KubeletInUserNamespace: true"),
+        "{cfg}"
+    );
+    // kubeconfig: admin.conf read from the node, server moved to the host port.
+    let admin = "apiVersion: v1\nclusters:\n- cluster:\n    server: https://node:6443\n  name: kubernetes\nkind: Config\n";
+    u.ok(
+        &[
+            "shell",
+            "--",
+            "sh",
+            "-c",
+            "mkdir -p /etc/kubernetes && printf '%s' \"$1\" > /etc/kubernetes/admin.conf",
+            "sh",
+            admin,
+        ],
+        &[],
+    );
+    assert!(u.ok(&["kubeconfig"], &[]).contains("export KUBECONFIG="));
+    let kc = std::fs::read_to_string(work.join("kubeconfig")).expect("kubeconfig written");
+    assert!(kc.contains("server: https://127.0.0.1:6443"), "{kc}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(work.join("kubeconfig"))
+            .expect("meta")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "credentials are private");
+
+    // logs: the console through the engine; the journal needs a systemd node.
+    assert!(u.ok(&["logs", "--console"], &[]).contains("u7s-test-node up"));
+    let o = u.run(&["logs"], &[]);
+    assert!(
+        !o.status.success() && text(&o).contains("--console"),
+        "{}",
+        text(&o)
+    );
+
+    // up again is a no-op; status reports the node.
+    assert!(u.ok(&["up"], &[]).contains("already running"));
+    let st = u.ok(&["status"], &[]);
+    assert!(
+        st.contains("running") && st.contains("PORT_FLANNEL=8472/udp") && st.contains("fast path:  off"),
+        "{st}"
+    );
+
+    // State in the volumes survives down/up, and is gone after down -v.
+    u.ok(
+        &[
+            "shell",
+            "--",
+            "sh",
+            "-c",
+            "echo kept > /var/u7s-state && echo kept > /etc/u7s-state",
+        ],
+        &[],
+    );
+    assert!(u.ok(&["down"], &[]).contains("state volumes kept"));
+    assert!(inspect(&docker, "u7s-node").is_none());
+    assert!(!port_is_held_tcp(6443), "down released the ports");
+    assert!(
+        u.ok(&["up"], &[]).contains("is up to date"),
+        "no rebuild without changes"
+    );
+    let kept = u.ok(&["shell", "--", "cat", "/var/u7s-state", "/etc/u7s-state"], &[]);
+    assert_eq!(kept.matches("kept").count(), 2, "{kept}");
+
+    // A second instance beside the first: other ports, names and subnet.
+    let out = u.ok(&["--tenant", "1", "up"], &[]);
+    assert!(out.contains("u7s-t1-"), "{out}");
+    let t1 = inspect(&docker, "u7s-t1-node").expect("tenant 1 node");
+    let t1_name = t1["Config"]["Hostname"].as_str().expect("hostname").to_owned();
+    assert_node_shape(&t1, &t1_name, [12379, 16443, 20250, 18472], &work);
+    assert!(inspect(&docker, "u7s-node").expect("first node")["State"]["Running"] == true);
+    // A port clash is found before anything is created.
+    let o = u.run(&["--tenant", "2", "--port-kube-apiserver", "6443", "up"], &[]);
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("already in use") && t.contains("--tenant"),
+        "{t}"
+    );
+    assert!(inspect(&docker, "u7s-t2-node").is_none());
+    let nets = docker
+        .docker(&["network", "ls", "--format", "{{.Name}}"])
+        .expect("networks");
+    assert!(
+        !String::from_utf8_lossy(&nets.stdout).contains("u7s-t2"),
+        "nothing created"
+    );
+    // A subnet clash with another network is explained.
+    let first_subnet = u.ok(&["render"], &[]);
+    let subnet = first_subnet
+        .lines()
+        .find_map(|l| l.strip_prefix("node_subnet: "))
+        .expect("node_subnet in render")
+        .trim()
+        .to_owned();
+    let o = u.run(&["--tenant", "3", "--node-subnet", &subnet, "up"], &[]);
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("collides") && t.contains("NODE_SUBNET"),
+        "{t}"
+    );
+    u.ok(&["--tenant", "1", "down", "-v"], &[]);
+
+    u.ok(&["down", "-v"], &[]);
+    u.ok(&["up"], &[]);
+    let o = u.run(&["shell", "--", "cat", "/var/u7s-state"], &[]);
+    assert!(!o.status.success(), "down -v wiped the state: {}", text(&o));
+    u.ok(&["down", "-v"], &[]);
+    let vols = docker
+        .docker(&["volume", "ls", "--format", "{{.Name}}"])
+        .expect("volumes");
+    assert!(
+        !String::from_utf8_lossy(&vols.stdout).contains("u7s-"),
+        "volumes left"
+    );
+
+    // The CLI driver (nerdctl's flags), run with the docker CLI.
+    let cli_env = [("CONTAINER_ENGINE", "nerdctl"), ("U7S_NERDCTL", DOCKER_CLI)];
+    let out = u.ok(&["up"], &cli_env);
+    assert!(out.contains("engine: nerdctl"), "{out}");
+    let node = inspect(&docker, "u7s-node").expect("node via the CLI driver");
+    assert_node_shape(&node, &node_name, [2379, 6443, 10250, 8472], &work);
+    assert!(u.ok(&["shell", "--", "hostname"], &cli_env).contains(&node_name));
+    assert!(u
+        .ok(&["logs", "--console"], &cli_env)
+        .contains("u7s-test-node up"));
+    assert_eq!(
+        u.run(&["shell", "--", "sh", "-c", "exit 4"], &cli_env)
+            .status
+            .code(),
+        Some(4)
+    );
+    u.ok(&["down", "-v"], &cli_env);
+    assert!(inspect(&docker, "u7s-node").is_none());
+}
+
+#[test]
+fn u7s_up_accel_puts_the_node_on_the_fast_path() {
+    let test = "u7s_up_accel_puts_the_node_on_the_fast_path";
+    let Some(lab) = Lab::with_docker_or_skip(test) else {
+        return;
+    };
+    let peer = PeerHost::create().expect("peer host");
+    let netaccel = lab
+        .install_bin(&workspace_bin("netaccel").expect("netaccel"))
+        .expect("install");
+    let wrapper = lab.bin_dir().join("netaccel-runc");
+    std::os::unix::fs::symlink(&netaccel, &wrapper).expect("wrapper link");
+    let docker = RootlessDocker::start(&lab, &[("netaccel", &wrapper)]).expect("rootless dockerd");
+    docker.import_busybox(BASE).expect("base image");
+    let work = lab.path().join("cluster");
+    std::fs::create_dir_all(&work).expect("work dir");
+    lab.chown(&work).expect("chown");
+    let u = U7s {
+        lab: &lab,
+        bin: lab
+            .install_bin(&workspace_bin("u7s").expect("u7s binary"))
+            .expect("install"),
+        docker_host: format!("unix://{}", lab.runtime_dir().join("docker.sock").display()),
+        context: node_context(&lab),
+        work,
+    };
+    let (_server, httpd, expected) = peer
+        .http_blob(&lab.path().join("www"), 7802, 1_000_000)
+        .expect("httpd in the peer");
+
+    // u7s starts the daemon itself (none is running yet).
+    let out = u.ok(&["--tenant", "4", "up", "--accel"], &[]);
+    assert!(
+        out.contains("netaccel daemon: pid") && out.contains("started now"),
+        "{out}"
+    );
+    assert!(out.contains("fast path on"), "{out}");
+    let node = inspect(&docker, "u7s-t4-node").expect("node");
+    assert_eq!(node["HostConfig"]["Runtime"], "netaccel");
+    let env: Vec<&str> = node["Config"]["Env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        env.iter()
+            .any(|e| e.starts_with("NETACCEL_IGNORE=10.244.0.0/16,10.96.0.0/16,10.100.")),
+        "{env:?}"
+    );
+
+    // A process of the node (not one started by `u7s shell`: Debian's runc
+    // 1.1.5 gives exec'd processes no notify listener we can serve) connects
+    // out to the peer host.
+    u.ok(
+        &[
+            "--tenant",
+            "4",
+            "shell",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo http://{httpd}/blob > /tmp/fetch"),
+        ],
+        &[],
+    );
+    let got = wait_for("the node's fetch", Duration::from_secs(30), || {
+        let o = u.run(&["--tenant", "4", "shell", "--", "cat", "/tmp/fetched"], &[]);
+        o.status.success().then(|| text(&o))
+    })
+    .expect("the node fetched the blob");
+    assert!(got.contains(&expected), "{got}");
+    let st = u.ok(&["--tenant", "4", "status"], &[]);
+    assert!(st.contains("fast path:  on (runtime netaccel)"), "{st}");
+    let bypassed: u64 = st
+        .lines()
+        .find_map(|l| l.split(" container(s), ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no bypass count in: {st}"));
+    assert!(bypassed >= 1, "{st}");
+
+    // Switching the fast path needs a new container; u7s says so.
+    let o = u.run(&["--tenant", "4", "up"], &[]);
+    assert!(
+        !o.status.success() && text(&o).contains("`u7s down` first"),
+        "{}",
+        text(&o)
+    );
+    u.ok(&["--tenant", "4", "down", "-v"], &[]);
+
+    let pid_file = lab.runtime_dir().join("netaccel/netaccel.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("daemon pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    // SAFETY: signals the daemon u7s started for the lab user.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+}
