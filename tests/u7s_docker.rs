@@ -96,6 +96,25 @@ fn node_context(lab: &Lab) -> PathBuf {
     dir
 }
 
+/// The base image imported, a work directory and `u7s` for the lab user.
+fn setup<'a>(lab: &'a Lab, docker: &RootlessDocker) -> U7s<'a> {
+    docker
+        .import_busybox(BASE)
+        .expect("base image from a local rootfs");
+    let work = lab.path().join("cluster");
+    std::fs::create_dir_all(&work).expect("work dir");
+    lab.chown(&work).expect("chown");
+    U7s {
+        lab,
+        bin: lab
+            .install_bin(&workspace_bin("u7s").expect("u7s binary"))
+            .expect("install"),
+        docker_host: format!("unix://{}", lab.runtime_dir().join("docker.sock").display()),
+        context: node_context(lab),
+        work,
+    }
+}
+
 fn inspect(docker: &RootlessDocker, name: &str) -> Option<Value> {
     let o = docker
         .docker(&["inspect", "--type", "container", name])
@@ -105,6 +124,14 @@ fn inspect(docker: &RootlessDocker, name: &str) -> Option<Value> {
     }
     let v: Value = serde_json::from_slice(&o.stdout).expect("inspect JSON");
     Some(v[0].clone())
+}
+
+/// The container's environment, `KEY=VALUE` each.
+fn env_of(c: &Value) -> Vec<&str> {
+    c["Config"]["Env"]
+        .as_array()
+        .map(|e| e.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
 }
 
 /// The node as the engine sees it matches the design.
@@ -155,12 +182,7 @@ fn assert_node_shape(c: &Value, node_name: &str, ports: [u16; 4], work: &Path) {
             assert!(mounts.iter().all(|m| m["Destination"] != host_dir), "{host_dir}");
         }
     }
-    let env: Vec<&str> = c["Config"]["Env"]
-        .as_array()
-        .expect("env")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let env = env_of(c);
     assert!(
         env.contains(&format!("U7S_HOST_IP={HOST_IP}").as_str()),
         "{env:?}"
@@ -186,21 +208,8 @@ fn u7s_runs_nodes_on_rootless_docker() {
         return;
     };
     let docker = RootlessDocker::start(&lab, &[]).expect("rootless dockerd");
-    docker
-        .import_busybox(BASE)
-        .expect("base image from a local rootfs");
-    let work = lab.path().join("cluster");
-    std::fs::create_dir_all(&work).expect("work dir");
-    lab.chown(&work).expect("chown");
-    let u = U7s {
-        lab: &lab,
-        bin: lab
-            .install_bin(&workspace_bin("u7s").expect("u7s binary"))
-            .expect("install"),
-        docker_host: format!("unix://{}", lab.runtime_dir().join("docker.sock").display()),
-        context: node_context(&lab),
-        work: work.clone(),
-    };
+    let u = setup(&lab, &docker);
+    let work = u.work.clone();
 
     // up: builds the image (progress shown), creates network, volumes, node.
     let out = u.ok(&["up"], &[]);
@@ -404,19 +413,7 @@ fn u7s_up_accel_puts_the_node_on_the_fast_path() {
     let wrapper = lab.bin_dir().join("netaccel-runc");
     std::os::unix::fs::symlink(&netaccel, &wrapper).expect("wrapper link");
     let docker = RootlessDocker::start(&lab, &[("netaccel", &wrapper)]).expect("rootless dockerd");
-    docker.import_busybox(BASE).expect("base image");
-    let work = lab.path().join("cluster");
-    std::fs::create_dir_all(&work).expect("work dir");
-    lab.chown(&work).expect("chown");
-    let u = U7s {
-        lab: &lab,
-        bin: lab
-            .install_bin(&workspace_bin("u7s").expect("u7s binary"))
-            .expect("install"),
-        docker_host: format!("unix://{}", lab.runtime_dir().join("docker.sock").display()),
-        context: node_context(&lab),
-        work,
-    };
+    let u = setup(&lab, &docker);
     let (_server, httpd, expected) = peer
         .http_blob(&lab.path().join("www"), 7802, 1_000_000)
         .expect("httpd in the peer");
@@ -430,12 +427,7 @@ fn u7s_up_accel_puts_the_node_on_the_fast_path() {
     assert!(out.contains("fast path on"), "{out}");
     let node = inspect(&docker, "u7s-t4-node").expect("node");
     assert_eq!(node["HostConfig"]["Runtime"], "netaccel");
-    let env: Vec<&str> = node["Config"]["Env"]
-        .as_array()
-        .expect("env")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let env = env_of(&node);
     assert!(
         env.iter()
             .any(|e| e.starts_with("NETACCEL_IGNORE=10.244.0.0/16,10.96.0.0/16,10.100.")),

@@ -197,6 +197,19 @@ impl CliEngine {
         Ok(out.stdout)
     }
 
+    /// Runs and requires success, except that `None` means the tool said
+    /// the object does not exist.
+    async fn run_unless_missing(&self, args: &[String]) -> Result<Option<Vec<u8>>, EngineError> {
+        let out = self.output(args).await?;
+        if out.status.success() {
+            return Ok(Some(out.stdout));
+        }
+        if is_missing(&String::from_utf8_lossy(&out.stderr)) {
+            return Ok(None);
+        }
+        Err(self.failed(args, out.status, &out.stderr))
+    }
+
     /// Runs with the user's stdin/stdout/stderr.
     async fn run_attached(&self, args: &[String]) -> Result<ExitStatus, EngineError> {
         self.command(args)
@@ -237,14 +250,7 @@ impl CliEngine {
 
     pub async fn image_exists(&self, image: &str) -> Result<bool, EngineError> {
         let args: Vec<String> = vec!["image".into(), "inspect".into(), image.into()];
-        let out = self.output(&args).await?;
-        if out.status.success() {
-            return Ok(true);
-        }
-        if is_missing(&String::from_utf8_lossy(&out.stderr)) {
-            return Ok(false);
-        }
-        Err(self.failed(&args, out.status, &out.stderr))
+        Ok(self.run_unless_missing(&args).await?.is_some())
     }
 
     pub async fn build_image(
@@ -341,11 +347,7 @@ impl CliEngine {
 
     pub async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
         let args: Vec<String> = vec!["network".into(), "rm".into(), name.into()];
-        let out = self.output(&args).await?;
-        if out.status.success() || is_missing(&String::from_utf8_lossy(&out.stderr)) {
-            return Ok(());
-        }
-        Err(self.failed(&args, out.status, &out.stderr))
+        self.run_unless_missing(&args).await.map(drop)
     }
 
     pub async fn create_volume(&self, name: &str, project: &str) -> Result<(), EngineError> {
@@ -361,26 +363,15 @@ impl CliEngine {
 
     pub async fn remove_volume(&self, name: &str) -> Result<bool, EngineError> {
         let args: Vec<String> = vec!["volume".into(), "rm".into(), name.into()];
-        let out = self.output(&args).await?;
-        if out.status.success() {
-            return Ok(true);
-        }
-        if is_missing(&String::from_utf8_lossy(&out.stderr)) {
-            return Ok(false);
-        }
-        Err(self.failed(&args, out.status, &out.stderr))
+        Ok(self.run_unless_missing(&args).await?.is_some())
     }
 
     pub async fn container(&self, name: &str) -> Result<Option<ContainerInfo>, EngineError> {
         let args: Vec<String> = vec!["container".into(), "inspect".into(), name.into()];
-        let out = self.output(&args).await?;
-        if !out.status.success() {
-            if is_missing(&String::from_utf8_lossy(&out.stderr)) {
-                return Ok(None);
-            }
-            return Err(self.failed(&args, out.status, &out.stderr));
-        }
-        let v = Self::json("container inspect", &out.stdout)?;
+        let Some(stdout) = self.run_unless_missing(&args).await? else {
+            return Ok(None);
+        };
+        let v = Self::json("container inspect", &stdout)?;
         let c = &v[0];
         Ok(Some(ContainerInfo {
             running: c["State"]["Running"].as_bool().unwrap_or(false),
@@ -408,14 +399,7 @@ impl CliEngine {
 
     pub async fn remove_container(&self, name: &str) -> Result<bool, EngineError> {
         let args: Vec<String> = vec!["rm".into(), "--force".into(), name.into()];
-        let out = self.output(&args).await?;
-        if out.status.success() {
-            return Ok(true);
-        }
-        if is_missing(&String::from_utf8_lossy(&out.stderr)) {
-            return Ok(false);
-        }
-        Err(self.failed(&args, out.status, &out.stderr))
+        Ok(self.run_unless_missing(&args).await?.is_some())
     }
 
     pub async fn exec(
