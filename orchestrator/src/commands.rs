@@ -50,17 +50,6 @@ impl Context {
     }
 }
 
-/// The image `up` runs: the prebuilt one, or the build's tag.
-fn node_image(config: &Config) -> Result<(String, Option<image::ImageBuild>)> {
-    match image::plan(&config.image)? {
-        Some(b) => Ok((b.tag.clone(), Some(b))),
-        None => match &config.image {
-            config::ImageSource::Prebuilt(i) => Ok((i.clone(), None)),
-            config::ImageSource::Build { .. } => unreachable!("plan returns a build for Build"),
-        },
-    }
-}
-
 fn spec(ctx: &Context, image: &str, accel_runtime: Option<&str>) -> NodeSpec {
     NodeSpec::new(&ctx.config, image, accel_runtime, |p| p.exists())
 }
@@ -120,7 +109,10 @@ pub async fn up(ctx: &Context, with_accel: bool, rebuild: bool) -> Result<i32> {
             }
         ));
     }
-    let (image_name, build) = node_image(c)?;
+    let image::NodeImage {
+        name: image_name,
+        build,
+    } = image::plan(&c.image)?;
     let spec = spec(ctx, &image_name, with_accel.then_some(runtime_name.as_str()));
 
     let name = ctx.container();
@@ -178,19 +170,21 @@ pub async fn up(ctx: &Context, with_accel: bool, rebuild: bool) -> Result<i32> {
     }
 
     if let Some(b) = &build {
-        if rebuild || !engine.image_exists(&b.tag).await? {
-            step(format!("building the node image {} (this takes a while)", b.tag));
+        if rebuild || !engine.image_exists(&image_name).await? {
+            step(format!(
+                "building the node image {image_name} (this takes a while)"
+            ));
             let started = Instant::now();
             let mut progress = |line: &str| println!("    | {line}");
             engine
-                .build_image(&b.files, &b.tag, &b.build_args, &mut progress)
+                .build_image(&b.files, &image_name, &b.build_args, &mut progress)
                 .await
                 .context(
                     "building the node image (no registry reachable? pass --image with a local image)",
                 )?;
             step(format!("image built in {:.0?}", started.elapsed()));
         } else {
-            step(format!("node image {} is up to date", b.tag));
+            step(format!("node image {image_name} is up to date"));
         }
     } else if !engine.image_exists(&image_name).await? {
         bail!("the node image {image_name} is not in the engine: load or build it first, or drop --image/U7S_NODE_IMAGE to build one");
@@ -283,7 +277,7 @@ pub async fn down(ctx: &Context, volumes: bool) -> Result<i32> {
 }
 
 pub fn render(ctx: &Context, with_accel: bool) -> Result<i32> {
-    let (image, _) = node_image(&ctx.config)?;
+    let image = image::plan(&ctx.config.image)?.name;
     let runtime = accel::runtime_name();
     let spec = spec(ctx, &image, with_accel.then_some(runtime.as_str()));
     println!("# settings\n{}", serde_yaml_ng::to_string(&ctx.config)?);

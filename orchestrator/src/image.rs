@@ -23,12 +23,19 @@ pub enum ImageError {
     NoDockerfile { path: String },
 }
 
-/// A build: its context, build arguments and content-derived tag.
+/// A build: its context and build arguments.
 #[derive(Debug, Clone)]
 pub struct ImageBuild {
     pub files: Vec<ContextFile>,
     pub build_args: BTreeMap<String, String>,
-    pub tag: String,
+}
+
+/// The node's image: its name (a build's content-derived tag, or the
+/// prebuilt image) and the build that makes it, if any.
+#[derive(Debug, Clone)]
+pub struct NodeImage {
+    pub name: String,
+    pub build: Option<ImageBuild>,
 }
 
 /// The shipped context.
@@ -83,10 +90,16 @@ pub fn read_context_dir(dir: &Path) -> Result<Vec<ContextFile>, ImageError> {
     Ok(out)
 }
 
-/// The build for `source`; `None` for a prebuilt image.
-pub fn plan(source: &ImageSource) -> Result<Option<ImageBuild>, ImageError> {
-    let ImageSource::Build { base, context_dir } = source else {
-        return Ok(None);
+/// The image for `source`, with its build unless it is prebuilt.
+pub fn plan(source: &ImageSource) -> Result<NodeImage, ImageError> {
+    let (base, context_dir) = match source {
+        ImageSource::Prebuilt(name) => {
+            return Ok(NodeImage {
+                name: name.clone(),
+                build: None,
+            })
+        }
+        ImageSource::Build { base, context_dir } => (base, context_dir),
     };
     let files = match context_dir {
         Some(d) => read_context_dir(d)?,
@@ -112,11 +125,10 @@ pub fn plan(source: &ImageSource) -> Result<Option<ImageBuild>, ImageError> {
     }
     let digest = h.finalize();
     let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-    Ok(Some(ImageBuild {
-        files,
-        build_args,
-        tag: format!("localhost/u7s-node:{hex}"),
-    }))
+    Ok(NodeImage {
+        name: format!("localhost/u7s-node:{hex}"),
+        build: Some(ImageBuild { files, build_args }),
+    })
 }
 
 #[cfg(test)]
@@ -125,18 +137,18 @@ mod tests {
 
     #[test]
     fn the_shipped_context_builds_from_kind_with_our_entrypoint() {
-        let b = plan(&ImageSource::Build {
+        let img = plan(&ImageSource::Build {
             base: None,
             context_dir: None,
         })
-        .expect("plan")
-        .expect("a build");
+        .expect("plan");
+        let b = img.build.expect("a build");
         let dockerfile = String::from_utf8_lossy(&b.files[0].content).into_owned();
         assert!(dockerfile.contains("FROM ${BASE_IMAGE}"));
         assert!(dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/u7s-entrypoint.sh\""));
         assert_eq!(b.build_args["BASE_IMAGE"], DEFAULT_BASE_IMAGE);
         assert_eq!(b.files[1].mode, 0o755);
-        assert!(b.tag.starts_with("localhost/u7s-node:"));
+        assert!(img.name.starts_with("localhost/u7s-node:"));
     }
 
     #[test]
@@ -145,15 +157,13 @@ mod tests {
             base: None,
             context_dir: None,
         })
-        .expect("plan")
-        .expect("build");
+        .expect("plan");
         let b = plan(&ImageSource::Build {
             base: Some("kindest/node:v1.31.0".into()),
             context_dir: None,
         })
-        .expect("plan")
-        .expect("build");
-        assert_ne!(a.tag, b.tag);
+        .expect("plan");
+        assert_ne!(a.name, b.name);
         let dir = tempfile::tempdir().expect("dir");
         std::fs::write(dir.path().join("Dockerfile"), "FROM x\n").expect("write");
         std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
@@ -162,18 +172,21 @@ mod tests {
             base: None,
             context_dir: Some(dir.path().to_path_buf()),
         };
-        let c1 = plan(&src).expect("plan").expect("build");
+        let c1 = plan(&src).expect("plan");
+        let c1_build = c1.build.as_ref().expect("build");
         assert!(
-            c1.build_args.is_empty(),
+            c1_build.build_args.is_empty(),
             "a custom context gets no BASE_IMAGE unless asked"
         );
         assert_eq!(
-            c1.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
+            c1_build.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
             ["Dockerfile", "sub/f"]
         );
         std::fs::write(dir.path().join("sub/f"), "2").expect("write");
-        assert_ne!(plan(&src).expect("plan").expect("build").tag, c1.tag);
-        assert!(plan(&ImageSource::Prebuilt("x".into())).expect("plan").is_none());
+        assert_ne!(plan(&src).expect("plan").name, c1.name);
+        let prebuilt = plan(&ImageSource::Prebuilt("x".into())).expect("plan");
+        assert_eq!(prebuilt.name, "x");
+        assert!(prebuilt.build.is_none());
         let empty = tempfile::tempdir().expect("dir");
         let err = plan(&ImageSource::Build {
             base: None,

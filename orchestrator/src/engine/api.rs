@@ -311,7 +311,7 @@ impl ApiEngine {
         if let StartExecResults::Attached { mut output, .. } = started {
             while let Some(chunk) = output.next().await {
                 let chunk = chunk.map_err(|e| self.err("exec output", e))?;
-                collect_log_output(chunk, &mut out, live);
+                handle_output(chunk, Some(&mut out), live);
             }
         }
         out.code = self.exit_code(&id).await?;
@@ -344,14 +344,8 @@ impl ApiEngine {
             let _ = tokio::io::copy(&mut stdin, &mut input).await;
             let _ = input.shutdown().await;
         });
-        let mut sink = ExecOutput::default();
-        while let Some(chunk) = output.next().await {
-            match chunk {
-                Ok(c) => collect_log_output(c, &mut sink, true),
-                Err(_) => break,
-            }
-            sink.stdout.clear();
-            sink.stderr.clear();
+        while let Some(Ok(chunk)) = output.next().await {
+            handle_output(chunk, None, true);
         }
         pump.abort();
         self.exit_code(&id).await
@@ -366,37 +360,40 @@ impl ApiEngine {
             .tail(&tail)
             .build();
         let mut stream = self.docker.logs(container, Some(options));
-        let mut sink = ExecOutput::default();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| self.err(&format!("logs of {container}"), e))?;
-            collect_log_output(chunk, &mut sink, true);
-            sink.stdout.clear();
-            sink.stderr.clear();
+            handle_output(chunk, None, true);
         }
         Ok(())
     }
 }
 
-/// Appends an output chunk to `out`, and shows it when `live`.
-fn collect_log_output(chunk: bollard::container::LogOutput, out: &mut ExecOutput, live: bool) {
+/// Shows an output chunk on our stdout/stderr when `live`, and appends it
+/// to `keep` when given.
+fn handle_output(chunk: bollard::container::LogOutput, keep: Option<&mut ExecOutput>, live: bool) {
     use bollard::container::LogOutput;
     use std::io::Write;
-    match chunk {
-        LogOutput::StdErr { message } => {
-            if live {
-                let _ = std::io::stderr().write_all(&message);
-            }
-            out.stderr.extend_from_slice(&message);
+    let (message, to_stderr) = match chunk {
+        LogOutput::StdErr { message } => (message, true),
+        LogOutput::StdOut { message } | LogOutput::Console { message } => (message, false),
+        LogOutput::StdIn { .. } => return,
+    };
+    if live {
+        if to_stderr {
+            let _ = std::io::stderr().write_all(&message);
+        } else {
+            let mut o = std::io::stdout();
+            let _ = o.write_all(&message);
+            let _ = o.flush();
         }
-        LogOutput::StdOut { message } | LogOutput::Console { message } => {
-            if live {
-                let mut o = std::io::stdout();
-                let _ = o.write_all(&message);
-                let _ = o.flush();
-            }
-            out.stdout.extend_from_slice(&message);
-        }
-        LogOutput::StdIn { .. } => {}
+    }
+    if let Some(out) = keep {
+        let buf = if to_stderr {
+            &mut out.stderr
+        } else {
+            &mut out.stdout
+        };
+        buf.extend_from_slice(&message);
     }
 }
 
