@@ -64,6 +64,10 @@ if [ -e /proc/sys/kernel/apparmor_restrict_unprivileged_userns ] && [ "$(cat /pr
     say "allowing unprivileged user namespaces under AppArmor (Ubuntu >= 23.10)"
     sysctl -qw kernel.apparmor_restrict_unprivileged_userns=0
 fi
+if [ -e /proc/sys/net/ipv6/conf/lo/disable_ipv6 ] && [ "$(cat /proc/sys/net/ipv6/conf/lo/disable_ipv6)" = 1 ]; then
+    say "enabling IPv6 on loopback (::1), which the IPv6 tests use"
+    sysctl -qw net.ipv6.conf.lo.disable_ipv6=0
+fi
 if [ -e /proc/sys/kernel/yama/ptrace_scope ] && [ "$(cat /proc/sys/kernel/yama/ptrace_scope)" = 3 ]; then
     die "kernel.yama.ptrace_scope=3 forbids pidfd_getfd, which netaccel needs; it can only be lowered by a reboot"
 fi

@@ -171,3 +171,64 @@ fn nerdctl_style_post_run_delete_and_bad_requests() {
     assert_eq!(http(&api, "GET", "/v1/bypass", ""), (200, "[]".into()));
     assert!(!dir.join("x3.sock").exists(), "a refused POST left a socket");
 }
+
+#[test]
+fn port_mappings_posted_by_nerdctl_publish_through_host_listeners() {
+    let test = "port_mappings_posted_by_nerdctl_publish_through_host_listeners";
+    let Some(lab) = Lab::new_or_skip(test) else { return };
+    lab.install_bin(&workspace_bin("labnet").expect("labnet"))
+        .expect("install");
+    let d = DaemonProcess::start(&lab, &workspace_bin("netaccel").expect("netaccel"), &[]).expect("daemon");
+    let api = lab.runtime_dir().join("bypass4netnsd.sock");
+    let socket = lab
+        .runtime_dir()
+        .join("bypass4netns")
+        .join("c0ffee000000003.sock");
+    let mapping = json!([{"protos": ["tcp"], "parentIP": "127.0.0.1", "parentPort": 17820,
+                          "childIP": "", "childPort": 80}]);
+    let body = json!({"id": "c0ffee0000000033", "socketPath": socket, "portMapping": mapping,
+                      "ignoreSubnets": ["auto"], "ignoreBind": false});
+    let (code, text) = http(&api, "POST", "/v1/bypass", &body.to_string());
+    assert_eq!(code, 201, "{text}");
+
+    // nerdctl's own profile notifies bind and carries no metadata: the
+    // mappings come from the API.
+    let mut profile = d.profile_with(&lab, &["--publish", "1:1"]).expect("profile");
+    profile["listenerPath"] = json!(socket);
+    profile["listenerMetadata"] = json!("");
+    let config = ContainerConfig {
+        seccomp: Some(profile),
+        ..Default::default()
+    };
+    let c = Container::start(
+        &lab,
+        config,
+        &["/lab/labnet", "serve", "0.0.0.0:80", "--count", "1"],
+    )
+    .expect("container starts");
+    rootless_lab::wait_for("the container's server", Duration::from_secs(15), || {
+        c.stdout_so_far().contains("listening").then_some(())
+    })
+    .expect("listening");
+    let mut conn =
+        std::net::TcpStream::connect("127.0.0.1:17820").expect("host connects to the published port");
+    conn.write_all(b"through the host listener").expect("send");
+    conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let mut back = String::new();
+    conn.read_to_string(&mut back).expect("echo");
+    assert_eq!(back, "through the host listener");
+    let out = c.wait(Duration::from_secs(20)).expect("container exits");
+    assert!(
+        out.stdout.contains("\"listening\":\"127.0.0.1:17820\""),
+        "{out:?}"
+    );
+    assert!(out.ok(), "{out:?}");
+
+    // A mapping nerdctl could never send is refused with the reason.
+    let bad = json!({"id": "c0ffee0000000044", "socketPath": lab.runtime_dir().join("bypass4netns/x.sock"),
+                     "portMapping": [{"protos": ["sctp"], "parentPort": 1, "childPort": 1}]});
+    let (code, text) = http(&api, "POST", "/v1/bypass", &bad.to_string());
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("portMapping") && text.contains("sctp"), "{text}");
+    assert_eq!(http(&api, "DELETE", "/v1/bypass/c0ffee0000000033", "").0, 200);
+}

@@ -17,9 +17,11 @@ use std::sync::{mpsc, Arc, RwLock};
 use criterion::{criterion_group, Criterion};
 use ipnet::IpNet;
 use netaccel::connect::{self, ConnectContext, Outcome};
+use netaccel::ifaddrs::NetView;
 use netaccel::ignore::IgnoreList;
 use netaccel::netns::NetnsId;
 use netaccel::notify::NotifyFd;
+use netaccel::publish::Listeners;
 use netaccel::route::Routes;
 use netaccel::sockopts::HostDefaults;
 use rootless_lab::seccomp::{notify_connect_on_this_thread, raw_connect};
@@ -96,15 +98,22 @@ fn notification_cycle(c: &mut Criterion, name: &str, dst: SocketAddrV4, expect_b
         .expect("runtime");
     let routes = rt.block_on(async { Routes::open() }).expect("route socket");
     let defaults = HostDefaults::probe().expect("socket defaults");
-    let ignore = RwLock::new(IgnoreList::default());
+    let view = RwLock::new(NetView::default());
+    let listeners = Listeners::default();
     let caller = Caller::start(dst);
     // The caller's thread counts as the container: same namespace as ours.
     let ctx = ConnectContext {
         notify: &caller.notify,
         container_netns: NetnsId::current().expect("netns"),
-        ignore: &ignore,
+        // The caller shares our namespace, so no host namespace of "ours"
+        // may be set: its sockets would all look like the daemon's.
+        host_netns: None,
+        view: &view,
         defaults: &defaults,
         routes: &routes,
+        published: &[],
+        owner: 0,
+        listeners: &listeners,
     };
     let mut handle_one = || {
         let n = ctx.notify.recv().expect("notification");

@@ -48,6 +48,8 @@ struct Cli {
 const IPERF_PORT: u16 = 5201;
 const ECHO_PORT: u16 = 7801;
 const ACCEPT_PORT: u16 = 7802;
+/// Host port of the inbound (published port) measurements.
+const INBOUND_PORT: u16 = 17850;
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -70,6 +72,7 @@ fn main() -> Result<()> {
     let servers = Servers {
         peer: &peer,
         iperf_port: IPERF_PORT,
+        inbound_port: INBOUND_PORT,
         echo: at(ECHO_PORT),
         accept_close: at(ACCEPT_PORT),
     };
@@ -97,8 +100,10 @@ fn main() -> Result<()> {
         Ok(_) => paths.push(pasta),
         Err(e) => notes.push(format!("pasta left out: {e:#}")),
     }
+    let publish = format!("{INBOUND_PORT}:{}", paths::INBOUND_CONTAINER_PORT);
     paths.push(NetPath::Netaccel {
         profile: daemon.profile(&lab, &[])?,
+        inbound: daemon.profile_with(&lab, &["--publish", &publish])?,
     });
 
     let mut results: Vec<PathSamples> = paths
@@ -191,6 +196,8 @@ fn targets(host: &PathSamples, slirp: &PathSamples, accel: &PathSamples) -> Stri
     let line = |ok: bool, text: String| format!("- [{}] {text}\n", if ok { "met" } else { "MISSED" });
     let up_host = r(accel, host, Metric::Up1);
     let up_slirp = r(accel, slirp, Metric::Up1);
+    let in_host = r(accel, host, Metric::In1);
+    let in_slirp = r(accel, slirp, Metric::In1);
     let rate_host = r(accel, host, Metric::ConnRate);
     let rate_slirp = r(accel, slirp, Metric::ConnRate);
     let added = med(accel, Metric::ConnectP50) - med(host, Metric::ConnectP50);
@@ -206,6 +213,13 @@ fn targets(host: &PathSamples, slirp: &PathSamples, accel: &PathSamples) -> Stri
             up_slirp >= 6.0,
             format!(
                 "container → peer throughput: netaccel / slirp4netns 65520 = {up_slirp:.1}x (target ≥ 6x)"
+            ),
+        ),
+        line(
+            in_host >= 0.9,
+            format!(
+                "host → published port throughput: netaccel bind / host loopback = {:.0}% (target ≥ 90%; slirp4netns 65520 forwarder: netaccel = {in_slirp:.1}x)",
+                in_host * 100.0
             ),
         ),
         line(

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use rootless_lab::container::UserNet;
+use rootless_lab::container::{Forward, UserNet};
 use rootless_lab::{run, Container, ContainerConfig, Lab};
 use serde_json::Value;
 
@@ -14,8 +14,19 @@ pub enum NetPath {
     Host,
     /// A container behind a user-mode stack.
     Container { net: UserNet },
-    /// A container behind slirp4netns (MTU 65520) with netaccel's profile.
-    Netaccel { profile: Value },
+    /// A container behind slirp4netns (MTU 65520) with netaccel's profile;
+    /// `inbound` also publishes the inbound test port through a host listener.
+    Netaccel { profile: Value, inbound: Value },
+}
+
+/// The port every inbound server listens on inside its container.
+pub const INBOUND_CONTAINER_PORT: u16 = 5201;
+
+/// An iperf3 server behind a path, for one inbound measurement; stopped
+/// (with its container) when dropped.
+pub enum InboundServer<'a> {
+    Host { _server: rootless_lab::peer::Server },
+    Container { _container: Container<'a> },
 }
 
 impl NetPath {
@@ -69,6 +80,59 @@ impl NetPath {
         })
     }
 
+    /// Starts a one-off iperf3 server that the host reaches at
+    /// 127.0.0.1:`host_port`: on the host itself, behind the user-mode
+    /// stack's port forwarder, or behind netaccel's host listener.
+    pub fn inbound_iperf<'a>(&self, lab: &'a Lab, host_port: u16) -> Result<InboundServer<'a>> {
+        let iperf = |port: u16| -> Vec<String> {
+            ["iperf3", "-s", "-1", "--forceflush", "-p", &port.to_string()]
+                .map(String::from)
+                .to_vec()
+        };
+        let config = match self {
+            NetPath::Host => {
+                let args = iperf(host_port);
+                let mut server = lab
+                    .user_command(&args[0])
+                    .args(&args[1..])
+                    .args(["-B", "127.0.0.1"])
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .map(|child| rootless_lab::peer::Server { child })?;
+                let ready = server.child.stdout.take().context("iperf3 stdout")?;
+                wait_line(ready, "Server listening")?;
+                return Ok(InboundServer::Host { _server: server });
+            }
+            NetPath::Container { net } => ContainerConfig {
+                net: *net,
+                forwards: vec![Forward {
+                    proto: "tcp",
+                    host_port,
+                    guest_port: INBOUND_CONTAINER_PORT,
+                }],
+                ..Default::default()
+            },
+            NetPath::Netaccel { inbound, .. } => ContainerConfig {
+                seccomp: Some(inbound.clone()),
+                net: UserNet::Slirp4netns { mtu: 65520 },
+                ..Default::default()
+            },
+        };
+        let args = iperf(INBOUND_CONTAINER_PORT);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let container = Container::start(lab, config, &argv)
+            .with_context(|| format!("inbound iperf3 server on {}", self.name()))?;
+        rootless_lab::wait_for("the container's iperf3 server", Duration::from_secs(15), || {
+            container
+                .stdout_so_far()
+                .contains("Server listening")
+                .then_some(())
+        })?;
+        Ok(InboundServer::Container {
+            _container: container,
+        })
+    }
+
     fn run_once(&self, lab: &Lab, args: &[&str], timeout: Duration) -> Result<String> {
         let config = match self {
             NetPath::Host => {
@@ -82,7 +146,7 @@ impl NetPath {
                 net: *net,
                 ..Default::default()
             },
-            NetPath::Netaccel { profile } => ContainerConfig {
+            NetPath::Netaccel { profile, .. } => ContainerConfig {
                 seccomp: Some(profile.clone()),
                 net: UserNet::Slirp4netns { mtu: 65520 },
                 ..Default::default()
@@ -103,5 +167,23 @@ impl NetPath {
             out.stderr
         );
         Ok(out.stdout)
+    }
+}
+
+/// Reads `out` until a line contains `marker`, in a thread with a timeout.
+fn wait_line(out: std::process::ChildStdout, marker: &'static str) -> Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(out).lines();
+        let found = lines.any(|l| l.is_ok_and(|l| l.contains(marker)));
+        let _ = tx.send(found);
+        // Keep draining so the server never blocks on a full pipe.
+        for _ in lines {}
+    });
+    match rx.recv_timeout(Duration::from_secs(15)) {
+        Ok(true) => Ok(()),
+        Ok(false) => anyhow::bail!("the server exited before printing {marker:?}"),
+        Err(_) => anyhow::bail!("no {marker:?} from the server within 15 s"),
     }
 }

@@ -9,11 +9,12 @@ use plotters::prelude::*;
 use crate::probes::Metric;
 use crate::report::PathSamples;
 
-const THROUGHPUT: [(Metric, &str); 4] = [
+const THROUGHPUT: [(Metric, &str); 5] = [
     (Metric::Up1, "up, 1 stream"),
     (Metric::Up4, "up, 4 streams"),
     (Metric::Down1, "down, 1 stream"),
     (Metric::Down4, "down, 4 streams"),
+    (Metric::In1, "published, 1 stream"),
 ];
 
 /// Names categories at their centres (x = i + 0.5) and leaves other ticks blank.
@@ -31,9 +32,9 @@ fn median(p: &PathSamples, m: Metric) -> f64 {
 }
 
 pub fn write_svg(out: &Path, paths: &[PathSamples]) -> Result<()> {
-    let root = SVGBackend::new(out, (1440, 540)).into_drawing_area();
+    let root = SVGBackend::new(out, (1600, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-    let (left, right) = root.split_horizontally(820);
+    let (left, right) = root.split_horizontally(980);
     let bar = 0.8 / paths.len().max(1) as f64;
     let groups: Vec<String> = THROUGHPUT.iter().map(|(_, l)| l.to_string()).collect();
 
@@ -43,7 +44,10 @@ pub fn write_svg(out: &Path, paths: &[PathSamples]) -> Result<()> {
         .fold(1.0, f64::max)
         * 1.4; // headroom for the legend
     let mut chart = ChartBuilder::on(&left)
-        .caption("TCP throughput, container ↔ peer (median)", ("sans-serif", 22))
+        .caption(
+            "TCP throughput: container ↔ peer, host → published port (median)",
+            ("sans-serif", 22),
+        )
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(56)

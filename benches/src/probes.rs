@@ -16,6 +16,8 @@ pub enum Metric {
     Up4,
     Down1,
     Down4,
+    In1,
+    In4,
     ConnRate,
     ConnectP50,
     ConnectP99,
@@ -24,11 +26,13 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 9] = [
+    pub const ALL: [Metric; 11] = [
         Metric::Up1,
         Metric::Up4,
         Metric::Down1,
         Metric::Down4,
+        Metric::In1,
+        Metric::In4,
         Metric::ConnRate,
         Metric::ConnectP50,
         Metric::ConnectP99,
@@ -42,6 +46,8 @@ impl Metric {
             Metric::Up4 => "container_to_peer_4_streams_gbit_s",
             Metric::Down1 => "peer_to_container_1_stream_gbit_s",
             Metric::Down4 => "peer_to_container_4_streams_gbit_s",
+            Metric::In1 => "host_to_published_port_1_stream_gbit_s",
+            Metric::In4 => "host_to_published_port_4_streams_gbit_s",
             Metric::ConnRate => "connections_per_s",
             Metric::ConnectP50 => "connect_p50_us",
             Metric::ConnectP99 => "connect_p99_us",
@@ -56,6 +62,8 @@ impl Metric {
             Metric::Up4 => "TCP container → peer, 4 streams (Gbit/s)",
             Metric::Down1 => "TCP peer → container, 1 stream (Gbit/s)",
             Metric::Down4 => "TCP peer → container, 4 streams (Gbit/s)",
+            Metric::In1 => "TCP host → published port, 1 stream (Gbit/s)",
+            Metric::In4 => "TCP host → published port, 4 streams (Gbit/s)",
             Metric::ConnRate => "short connections per second",
             Metric::ConnectP50 => "connect latency p50 (µs)",
             Metric::ConnectP99 => "connect latency p99 (µs)",
@@ -65,10 +73,18 @@ impl Metric {
     }
 }
 
+/// Seconds iperf3 runs before it starts counting: slow start, and the CPU
+/// a container start leaves behind on a 2-core machine, stay out of the
+/// figure on every path alike.
+const OMIT_SECONDS: &str = "1";
+
 /// The servers in the peer host.
 pub struct Servers<'a> {
     pub peer: &'a PeerHost,
     pub iperf_port: u16,
+    /// Host port of the inbound measurements (published port, or the host's
+    /// own iperf3 server).
+    pub inbound_port: u16,
     pub echo: String,
     pub accept_close: String,
 }
@@ -139,7 +155,18 @@ pub fn measure_all(
         (Metric::Down4, true, "4"),
     ] {
         let mut args = vec![
-            "iperf3", "-c", &host, "-p", &port, "-t", &secs, "-P", streams, "-J",
+            "iperf3",
+            "-c",
+            &host,
+            "-p",
+            &port,
+            "-t",
+            &secs,
+            "-P",
+            streams,
+            "-J",
+            "-O",
+            OMIT_SECONDS,
         ];
         args.extend(["--connect-timeout", "5000"]);
         if reverse {
@@ -148,6 +175,9 @@ pub fn measure_all(
         }
         let out = path.run_with(lab, &args, timeout, || servers.fresh_iperf())?;
         samples.push((metric, iperf_gbits(&out)?));
+    }
+    for (metric, streams) in [(Metric::In1, "1"), (Metric::In4, "4")] {
+        samples.push((metric, inbound(lab, path, servers.inbound_port, &secs, streams)?));
     }
     let out = path.run(
         lab,
@@ -168,6 +198,38 @@ pub fn measure_all(
     samples.push((Metric::RoundTripP50, number(&v, "p50_us")?));
     samples.push((Metric::RoundTripP99, number(&v, "p99_us")?));
     Ok(samples)
+}
+
+/// Host → the path's published port: iperf3 client on the host, the server
+/// behind the path. Retried once, like the other probes.
+fn inbound(lab: &Lab, path: &NetPath, port: u16, secs: &str, streams: &str) -> Result<f64> {
+    let attempt = || -> Result<f64> {
+        let server = path.inbound_iperf(lab, port)?;
+        let port = port.to_string();
+        let args = [
+            "-c",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            secs,
+            "-P",
+            streams,
+            "-J",
+            "-O",
+            OMIT_SECONDS,
+            "--connect-timeout",
+            "5000",
+        ];
+        let out = rootless_lab::run(lab.user_command("iperf3").args(args))
+            .with_context(|| format!("host → published port on {}", path.name()))?;
+        drop(server);
+        iperf_gbits(&out)
+    };
+    attempt().or_else(|first| {
+        eprintln!("  retrying inbound iperf3 on {}: {first:#}", path.name());
+        attempt()
+    })
 }
 
 fn last_json(out: &str) -> Result<Value> {

@@ -27,6 +27,8 @@ use tokio::task::JoinHandle;
 
 use crate::daemon::{accept_loop, bind_private_socket, Shared};
 use crate::ignore::IgnoreList;
+use crate::publish::{check_unique, PortMapping, Proto};
+use crate::state::ContainerSettings;
 
 /// What nerdctl posts (fields as in bypass4netns' `api.BypassSpec`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -76,6 +78,8 @@ pub enum ApiError {
     SocketOutside { path: String, runtime_dir: String },
     #[error("ignoreSubnets entry {0:?} is neither a CIDR nor \"auto\"")]
     BadSubnet(String),
+    #[error("portMapping: {0}")]
+    BadMapping(String),
     #[error("cannot serve socketPath: {0}")]
     Bind(String),
     #[error("cannot write pidFilePath {path:?}: {source}")]
@@ -168,7 +172,11 @@ impl BypassApi {
             return Err(ApiError::Duplicate(spec.id));
         }
         let socket = self.check_socket_path(&spec.socket_path)?;
-        let extra = ignore_of(&spec.ignore_subnets)?;
+        let extra = ContainerSettings {
+            ignore: ignore_of(&spec.ignore_subnets)?.nets().to_vec(),
+            publish: mappings_of(&spec.port_mapping)?,
+            ignore_bind: spec.ignore_bind,
+        };
         let listener = bind_private_socket(&socket)
             .await
             .map_err(|e| ApiError::Bind(e.to_string()))?;
@@ -179,9 +187,6 @@ impl BypassApi {
                     source,
                 }
             })?;
-        }
-        if !spec.port_mapping.is_empty() {
-            tracing::info!(id = %spec.id, "port mappings recorded; published ports keep the engine's forwarder");
         }
         let shared = self.shared.clone();
         let task = tokio::spawn(async move { accept_loop(&listener, shared, extra).await });
@@ -236,6 +241,46 @@ fn ignore_of(subnets: &[String]) -> Result<IgnoreList, ApiError> {
         nets.push(s.parse::<IpNet>().map_err(|_| ApiError::BadSubnet(s.clone()))?);
     }
     Ok(IgnoreList::new(nets))
+}
+
+/// The mappings of nerdctl's `portMapping` (one per protocol listed).
+fn mappings_of(ports: &[PortSpec]) -> Result<Vec<PortMapping>, ApiError> {
+    let mut out = Vec::new();
+    for p in ports {
+        let host_ip = match p.parent_ip.as_str() {
+            "" => None,
+            ip => Some(
+                ip.parse::<std::net::IpAddr>()
+                    .map_err(|_| ApiError::BadMapping(format!("parentIP {ip:?} is not an IP address")))?,
+            )
+            .filter(|ip| !ip.is_unspecified()),
+        };
+        for proto in &p.protos {
+            let proto = match proto.as_str() {
+                "tcp" => Proto::Tcp,
+                "udp" => Proto::Udp,
+                other => {
+                    return Err(ApiError::BadMapping(format!(
+                        "protocol {other:?} is neither tcp nor udp"
+                    )))
+                }
+            };
+            if p.parent_port == 0 || p.child_port == 0 {
+                return Err(ApiError::BadMapping(format!(
+                    "ports must be 1-65535 (parentPort {}, childPort {})",
+                    p.parent_port, p.child_port
+                )));
+            }
+            out.push(PortMapping {
+                proto,
+                host_ip,
+                host_port: p.parent_port,
+                container_port: p.child_port,
+            });
+        }
+    }
+    check_unique(&out).map_err(|e| ApiError::BadMapping(e.to_string()))?;
+    Ok(out)
 }
 
 /// `GET /v1/netaccel/status` (netaccel's own, beside the bypass4netnsd API).
@@ -331,6 +376,44 @@ mod tests {
         assert!(matches!(
             ignore_of(&["10.4.0.0/33".into()]),
             Err(ApiError::BadSubnet(_))
+        ));
+        assert_eq!(
+            mappings_of(&spec.port_mapping).expect("mappings"),
+            vec!["8080:80/tcp".parse::<PortMapping>().expect("m")]
+        );
+        let v6 = PortSpec {
+            protos: vec!["tcp".into(), "udp".into()],
+            parent_ip: "::1".into(),
+            parent_port: 53,
+            child_ip: String::new(),
+            child_port: 5353,
+        };
+        assert_eq!(
+            mappings_of(std::slice::from_ref(&v6)).expect("mappings"),
+            vec![
+                "[::1]:53:5353/tcp".parse::<PortMapping>().expect("m"),
+                "[::1]:53:5353/udp".parse::<PortMapping>().expect("m")
+            ]
+        );
+        for bad in [
+            PortSpec {
+                protos: vec!["sctp".into()],
+                ..v6.clone()
+            },
+            PortSpec {
+                parent_ip: "nope".into(),
+                ..v6.clone()
+            },
+            PortSpec {
+                child_port: 0,
+                ..v6.clone()
+            },
+        ] {
+            assert!(matches!(mappings_of(&[bad]), Err(ApiError::BadMapping(_))));
+        }
+        assert!(matches!(
+            mappings_of(&[v6.clone(), PortSpec { parent_port: 54, ..v6 }]),
+            Err(ApiError::BadMapping(m)) if m.contains("twice")
         ));
         let back = serde_json::to_value(&spec).expect("serialize");
         assert_eq!(back["portMapping"][0]["parentIP"], "0.0.0.0");

@@ -1,6 +1,6 @@
 //! `connect(2)`: decide whether a call takes the fast path, and take it.
 //!
-//! The decision is plain data in, verdict out (`ConnectCall`, `SocketFacts`,
+//! The decision is plain data in, verdict out (`SockaddrCall`, `SocketFacts`,
 //! `Verdict`). Taking the fast path never lets the kernel re-read the
 //! container's memory: the daemon connects its own host socket to its own copy
 //! of the address, then installs that socket under the container's fd number
@@ -9,44 +9,20 @@
 //! after swapping the fd, cannot happen here).
 
 use std::io;
-use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
+use crate::ifaddrs::NetView;
 use crate::ignore::IgnoreList;
 use crate::netns::NetnsId;
 use crate::notify::{Delivery, Notification, NotifyFd};
+use crate::publish::{self, Listeners, PortMapping, Proto};
 use crate::route::{pin_to_interface, Egress, Routes};
-use crate::sockaddr::{decode_inet, MAX_SOCKADDR_LEN};
+use crate::sockaddr::{decode_inet, is_unspec, SockaddrCall, MAX_SOCKADDR_LEN};
 use crate::sockopts::{HostDefaults, SocketOptions};
 use crate::tracee;
-
-/// The arguments of one connect call, validated as the kernel would.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectCall {
-    pub fd: RawFd,
-    pub addr_ptr: u64,
-    pub addr_len: usize,
-}
-
-impl ConnectCall {
-    /// `None` for argument values the kernel rejects by itself (negative fd,
-    /// negative or oversized length); those calls continue unchanged.
-    pub fn from_args(args: &[u64; 6]) -> Option<Self> {
-        // The kernel truncates both to int.
-        let fd = args[0] as u32 as i32;
-        let len = args[2] as u32 as i32;
-        if fd < 0 || len < 0 || len as usize > MAX_SOCKADDR_LEN {
-            return None;
-        }
-        Some(Self {
-            fd,
-            addr_ptr: args[1],
-            addr_len: len as usize,
-        })
-    }
-}
 
 /// What the daemon learned about the container's socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +108,12 @@ pub fn check_socket(facts: &SocketFacts, dst: &SocketAddr, container_netns: Netn
 }
 
 impl SocketFacts {
+    /// A TCP or UDP socket of AF_INET or AF_INET6 (what `read` inspects fully).
+    pub fn is_inet(&self) -> bool {
+        (self.family == AddressFamily::INET || self.family == AddressFamily::INET6)
+            && (self.socket_type == SocketType::STREAM || self.socket_type == SocketType::DGRAM)
+    }
+
     pub fn read(sock: impl AsFd) -> io::Result<Self> {
         let sock = sock.as_fd();
         let family = rustix::net::sockopt::socket_domain(sock)?;
@@ -225,18 +207,42 @@ pub enum Outcome {
     Failed { dst: SocketAddr, errno: i32 },
     /// The kernel ran the syscall on the container's own path.
     Kept(Keep),
+    /// Ended with an error without running: the call would have let a
+    /// host socket of ours reach the host.
+    Refused { errno: i32 },
     /// The caller died or was interrupted while we worked.
     CallerGone,
 }
 
-/// Everything a connect handler needs about its container.
+/// Everything a connect, bind or shutdown handler needs about its container.
 pub struct ConnectContext<'a> {
     pub notify: &'a NotifyFd,
     pub container_netns: NetnsId,
-    pub ignore: &'a std::sync::RwLock<IgnoreList>,
+    /// The daemon's (host) namespace, where every socket it hands out lives.
+    pub host_netns: Option<NetnsId>,
+    pub view: &'a std::sync::RwLock<NetView>,
     pub defaults: &'a HostDefaults,
     pub routes: &'a Routes,
+    /// The container's published ports whose binds the daemon takes over.
+    pub published: &'a [PortMapping],
+    /// The container (`Container::serial`), owner of its listeners.
+    pub owner: u64,
+    /// Every host listener the daemon bound for its containers.
+    pub listeners: &'a Listeners,
 }
+
+/// Where a bypassed connect goes.
+struct Target {
+    addr: SocketAddr,
+    /// The interface the host socket is pinned to; `None` for a listener on
+    /// the host itself, which is reached over loopback (such a socket is
+    /// settled as connected and never connected again, see
+    /// `settle_loopback`).
+    ifindex: Option<u32>,
+}
+
+/// The loopback interface has this index in every namespace.
+pub const LOOPBACK_IFINDEX: u32 = 1;
 
 /// Handles one connect notification to completion: exactly one answer is sent
 /// unless the caller is gone.
@@ -247,7 +253,7 @@ pub async fn handle(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<Ou
             Delivery::CallerGone => Outcome::CallerGone,
         })
     };
-    let Some(call) = ConnectCall::from_args(&n.args) else {
+    let Some(call) = SockaddrCall::from_args(&n.args) else {
         return keep(Keep::NotApplicable);
     };
     let mut raw = [0u8; MAX_SOCKADDR_LEN];
@@ -256,14 +262,27 @@ pub async fn handle(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<Ou
         return keep(Keep::NotApplicable);
     }
     let Some(dst) = decode_inet(&raw[..call.addr_len]) else {
+        if is_unspec(&raw[..call.addr_len]) && !ctx.published.is_empty() {
+            return disconnect(ctx, n, call).await;
+        }
         return keep(Keep::NotInet);
     };
-    let verdict = match ctx.ignore.read() {
-        Ok(list) => check_destination(&dst, &list),
-        Err(_) => Verdict::Keep(Keep::NotApplicable),
+    let (ignored, to_self) = match ctx.view.read() {
+        Ok(v) => (v.ignore.is_ignored(dst.ip()), v.is_self(dst.ip())),
+        Err(_) => return keep(Keep::NotApplicable),
     };
-    if let Verdict::Keep(reason) = verdict {
-        return keep(reason);
+    // The container connecting to itself on a port it published through us:
+    // its listener lives on the host now.
+    let to_own_listener = to_self && publish::find(ctx.published, Proto::Tcp, dst.port()).is_some();
+    if ignored && !to_own_listener {
+        if !ctx.published.is_empty() {
+            // A container with host listeners: the kernel must not run this
+            // connect on one of them (it would connect from the host).
+            if let Some(refused) = refuse_on_host_listener(ctx, n, call.fd) {
+                return refused;
+            }
+        }
+        return keep(Keep::IgnoredDestination);
     }
     let Ok(pidfd) = tracee::open_thread(n.pid) else {
         return Ok(Outcome::CallerGone);
@@ -280,46 +299,66 @@ pub async fn handle(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<Ou
         Ok(f) => f,
         Err(_) => return keep(Keep::NotApplicable),
     };
+    if facts.is_inet() && maybe_host(facts.netns, ctx.host_netns) && !pinned_outwards(&orig) {
+        // A published-port listener, an accepted connection or a loopback
+        // connection the daemon made: connecting it again from the host
+        // could reach anything on host loopback.
+        return refuse(ctx, n, host_socket_errno(&facts));
+    }
     if let Verdict::Keep(reason) = check_socket(&facts, &dst, ctx.container_netns) {
         return keep(reason);
     }
-    let Some(defaults) = ctx.defaults.for_socket(facts.family, facts.socket_type) else {
-        return keep(Keep::NotApplicable);
-    };
-    let ifindex = match ctx.routes.egress(dst.ip()).await {
-        Ok(Egress::Interface(i)) => i,
-        Ok(Egress::Local | Egress::None) => return keep(Keep::NotRoutedOut),
-        Err(e) => {
-            tracing::warn!(error = %e, "route lookup failed; connect keeps the container path");
-            return keep(Keep::NotApplicable);
+    let stream = facts.socket_type == SocketType::STREAM;
+    let target = if to_own_listener {
+        match own_listener(ctx, &facts, &dst) {
+            Some(addr) if stream => Target { addr, ifindex: None },
+            _ => return keep(Keep::IgnoredDestination),
+        }
+    } else {
+        match ctx.routes.egress(dst.ip()).await {
+            Ok(Egress::Interface(ifindex)) => Target {
+                addr: dst,
+                ifindex: Some(ifindex),
+            },
+            // Another container's (or its own) published port, addressed by
+            // one of the host's addresses.
+            Ok(Egress::Local) if stream && ctx.listeners.live(dst.port()).is_some() => Target {
+                addr: dst,
+                ifindex: None,
+            },
+            Ok(Egress::Local | Egress::None) => return keep(Keep::NotRoutedOut),
+            Err(e) => {
+                tracing::warn!(error = %e, "route lookup failed; connect keeps the container path");
+                return keep(Keep::NotApplicable);
+            }
         }
     };
-    let nonblocking = rustix::fs::fcntl_getfl(&orig)?.contains(rustix::fs::OFlags::NONBLOCK);
-    let cloexec = tracee::fd_is_cloexec(n.pid, call.fd).unwrap_or(false);
-    let opts = SocketOptions::read(&orig, facts.family, facts.socket_type);
-    drop(orig);
-
-    let host = rustix::net::socket_with(
-        facts.family,
-        facts.socket_type,
-        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
-        None,
-    )?;
-    // Pinned before anything else: see route.rs for why this is what keeps
-    // host loopback out of reach, whatever the container does with the socket.
-    if let Err(e) = pin_to_interface(&host, ifindex) {
-        tracing::warn!(error = %e, ifindex, "cannot pin host socket; connect keeps the container path");
+    let Some(Replacement {
+        host,
+        nonblocking,
+        cloexec,
+    }) = Replacement::for_socket(orig, &facts, n.pid, call.fd, ctx.defaults)?
+    else {
         return keep(Keep::NotApplicable);
+    };
+    // Pinned before it can connect: see route.rs for why this is what keeps
+    // host loopback out of reach, whatever the container does with the socket.
+    if let Some(ifindex) = target.ifindex {
+        if let Err(e) = pin_to_interface(&host, ifindex) {
+            tracing::warn!(error = %e, ifindex, "cannot pin host socket; connect keeps the container path");
+            return keep(Keep::NotApplicable);
+        }
     }
-    for refused in opts.apply_changed(&host, defaults) {
-        tracing::debug!(option = refused.option, errno = %refused.errno, "option not replayed on host socket");
-    }
-    let finished = match rustix::net::connect(&host, &dst) {
+    let mut finished = match rustix::net::connect(&host, &target.addr) {
         Ok(()) => Some(0),
         Err(e) if e == rustix::io::Errno::INPROGRESS => connect_result_now(&host),
         Err(e) => Some(e.raw_os_error()),
     };
-    let stream = facts.socket_type == SocketType::STREAM;
+    if target.ifindex.is_none() {
+        // A loopback socket is handed over only once connected (see
+        // `settle_loopback`).
+        finished = Some(settle_loopback(&host, &target.addr, finished).await);
+    }
     let answer = match finished {
         // Linux answers a non-blocking TCP connect with EINPROGRESS even when
         // the handshake is already done; so do we. (A UDP connect is
@@ -337,6 +376,225 @@ pub async fn handle(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<Ou
         None => Answer::Continue,
     };
     install(ctx, n, call, dst, host, cloexec, nonblocking, answer)
+}
+
+/// Where a connect to the container itself on `dst`'s port goes: its own
+/// live host listener, reached over host loopback, when the kernel would have
+/// connected such a listener in the container (same family, or a
+/// dual-stack `::` listener for IPv4).
+fn own_listener(ctx: &ConnectContext<'_>, facts: &SocketFacts, dst: &SocketAddr) -> Option<SocketAddr> {
+    let mapping = publish::find(ctx.published, Proto::Tcp, dst.port())?;
+    let listener = ctx.listeners.live(mapping.host_port)?;
+    if listener.owner != ctx.owner {
+        return None;
+    }
+    let want_v4 = dst.ip().to_canonical().is_ipv4();
+    let bound = listener.addr.ip();
+    let ip = match (bound, want_v4) {
+        (IpAddr::V4(ip), true) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        (IpAddr::V4(ip), true) => IpAddr::V4(ip),
+        (IpAddr::V6(ip), true) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        (IpAddr::V6(ip), true) => IpAddr::V4(ip.to_ipv4_mapped()?),
+        (IpAddr::V6(ip), false) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        (IpAddr::V6(ip), false) if ip.to_ipv4_mapped().is_none() => IpAddr::V6(ip),
+        _ => return None,
+    };
+    let ip = match (ip, facts.family == AddressFamily::INET6) {
+        (IpAddr::V4(v4), true) => IpAddr::V6(v4.to_ipv6_mapped()),
+        (IpAddr::V6(_), false) => return None,
+        (ip, _) => ip,
+    };
+    Some(SocketAddr::new(ip, listener.addr.port()))
+}
+
+/// Waits (briefly) until a loopback connect is done and settles the socket
+/// as connected, so it can never be connected again: a socket pinned to
+/// loopback must not get a second destination. Returns 0 or the errno.
+async fn settle_loopback(host: &OwnedFd, addr: &SocketAddr, finished: Option<i32>) -> i32 {
+    const LOOPBACK_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+    let result = match finished {
+        Some(r) => r,
+        None => {
+            let waited = tokio::time::timeout(LOOPBACK_CONNECT_TIMEOUT, async {
+                loop {
+                    if let Some(r) = connect_result_now(host) {
+                        return r;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            })
+            .await;
+            waited.unwrap_or(libc::ETIMEDOUT)
+        }
+    };
+    if result != 0 {
+        return result;
+    }
+    // A second connect on a completed non-blocking connect marks the socket
+    // connected (SS_CONNECTED) and sends nothing: 0, or EISCONN when the
+    // first one already did.
+    match rustix::net::connect(host, addr) {
+        Ok(()) => 0,
+        Err(e) if e == rustix::io::Errno::ISCONN => 0,
+        Err(e) => e.raw_os_error(),
+    }
+}
+
+/// `connect(fd, AF_UNSPEC)` (disconnect) in a container with bind bypass:
+/// done here, on the daemon's copy, so a host socket of ours is never
+/// disconnected (which would let it connect anywhere from the host).
+async fn disconnect(ctx: &ConnectContext<'_>, n: &Notification, call: SockaddrCall) -> io::Result<Outcome> {
+    let keep = |reason| -> io::Result<Outcome> {
+        Ok(match ctx.notify.answer_continue(n.id)? {
+            Delivery::Delivered => Outcome::Kept(reason),
+            Delivery::CallerGone => Outcome::CallerGone,
+        })
+    };
+    let Ok(pidfd) = tracee::open_thread(n.pid) else {
+        return Ok(Outcome::CallerGone);
+    };
+    if !ctx.notify.id_valid(n.id) {
+        return Ok(Outcome::CallerGone);
+    }
+    let orig = match tracee::copy_fd(&pidfd, call.fd) {
+        Ok(fd) => fd,
+        Err(e) => return refuse(ctx, n, e.raw_os_error().unwrap_or(libc::EBADF)),
+    };
+    let ns = NetnsId::of_socket(&orig).ok();
+    if is_inet_socket(&orig) && maybe_host(ns, ctx.host_netns) && !pinned_outwards(&orig) {
+        return refuse(ctx, n, libc::EOPNOTSUPP);
+    }
+    if ns != Some(ctx.container_netns) {
+        // Not an inet socket of ours or the container's (a unix socket, a
+        // nested namespace): nothing of the host is involved.
+        return keep(Keep::NotInet);
+    }
+    let errno = match rustix::net::connect_unspec(&orig) {
+        Ok(()) => 0,
+        Err(e) => e.raw_os_error(),
+    };
+    Ok(match ctx.notify.answer(n.id, 0, errno)? {
+        Delivery::Delivered => Outcome::Kept(Keep::NotInet),
+        Delivery::CallerGone => Outcome::CallerGone,
+    })
+}
+
+/// Refuses a connect on a host socket that is not pinned outwards (a
+/// listener of a published port, an accepted or a loopback connection):
+/// `Some(answer)` when refused, `None` when the caller may continue.
+fn refuse_on_host_listener(
+    ctx: &ConnectContext<'_>,
+    n: &Notification,
+    fd: i32,
+) -> Option<io::Result<Outcome>> {
+    let pidfd = tracee::open_thread(n.pid).ok()?;
+    if !ctx.notify.id_valid(n.id) {
+        return Some(Ok(Outcome::CallerGone));
+    }
+    let sock = tracee::copy_fd(&pidfd, fd).ok()?;
+    let facts = SocketFacts::read(&sock).ok()?;
+    if facts.is_inet() && maybe_host(facts.netns, ctx.host_netns) && !pinned_outwards(&sock) {
+        return Some(refuse(ctx, n, host_socket_errno(&facts)));
+    }
+    None
+}
+
+/// What a refused connect on one of our host sockets returns: EISCONN where
+/// the kernel would say so (listening or connected TCP), else EOPNOTSUPP.
+fn host_socket_errno(facts: &SocketFacts) -> i32 {
+    if facts.socket_type == SocketType::STREAM && !facts.closed {
+        libc::EISCONN
+    } else {
+        libc::EOPNOTSUPP
+    }
+}
+
+/// Whether a socket may be one the daemon made in the host namespace. An
+/// unprivileged daemon cannot read the namespace of a host socket (SIOCGSKNS
+/// needs CAP_NET_ADMIN over the host's namespace), while it always can for
+/// the container's own and nested namespaces: unknown counts as host.
+pub fn maybe_host(netns: Option<NetnsId>, host: Option<NetnsId>) -> bool {
+    netns.is_none() || netns == host
+}
+
+/// An AF_INET or AF_INET6 socket.
+pub fn is_inet_socket(sock: impl AsFd) -> bool {
+    matches!(
+        rustix::net::sockopt::socket_domain(sock),
+        Ok(AddressFamily::INET | AddressFamily::INET6)
+    )
+}
+
+/// True when the socket is pinned to an interface other than loopback (the
+/// sockets the connect fast path makes), so no connect can reach the host.
+fn pinned_outwards(sock: &OwnedFd) -> bool {
+    let mut ifindex: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: SO_BINDTOIFINDEX writes one c_int into `ifindex`, a live local,
+    // and updates `len`; the fd is borrowed for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(sock),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTOIFINDEX,
+            (&mut ifindex as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && ifindex > 0 && ifindex as u32 != LOOPBACK_IFINDEX
+}
+
+/// Ends the call with `errno` without running it.
+fn refuse(ctx: &ConnectContext<'_>, n: &Notification, errno: i32) -> io::Result<Outcome> {
+    Ok(match ctx.notify.answer(n.id, 0, errno)? {
+        Delivery::Delivered => Outcome::Refused { errno },
+        Delivery::CallerGone => Outcome::CallerGone,
+    })
+}
+
+/// A host socket made to replace a container's socket, with what the
+/// container's fd carries that the installation must keep.
+pub(crate) struct Replacement {
+    /// Same family and type, the container's options replayed; non-blocking
+    /// and close-on-exec in the daemon until installed.
+    pub host: OwnedFd,
+    pub nonblocking: bool,
+    pub cloexec: bool,
+}
+
+impl Replacement {
+    /// Reads what the container's socket (`orig`, our copy of fd `fd` of
+    /// `pid`) needs carried over and creates its replacement; `None` when
+    /// the host has no defaults for this kind of socket.
+    pub(crate) fn for_socket(
+        orig: OwnedFd,
+        facts: &SocketFacts,
+        pid: u32,
+        fd: i32,
+        defaults: &HostDefaults,
+    ) -> io::Result<Option<Self>> {
+        let Some(defaults) = defaults.for_socket(facts.family, facts.socket_type) else {
+            return Ok(None);
+        };
+        let nonblocking = rustix::fs::fcntl_getfl(&orig)?.contains(rustix::fs::OFlags::NONBLOCK);
+        let cloexec = tracee::fd_is_cloexec(pid, fd).unwrap_or(false);
+        let opts = SocketOptions::read(&orig, facts.family, facts.socket_type);
+        drop(orig);
+        let host = rustix::net::socket_with(
+            facts.family,
+            facts.socket_type,
+            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            None,
+        )?;
+        for refused in opts.apply_changed(&host, defaults) {
+            tracing::debug!(option = refused.option, errno = %refused.errno, "option not replayed on host socket");
+        }
+        Ok(Some(Self {
+            host,
+            nonblocking,
+            cloexec,
+        }))
+    }
 }
 
 /// How the caller's syscall ends once the host socket is installed.
@@ -377,7 +635,7 @@ fn fail(ctx: &ConnectContext<'_>, n: &Notification, dst: SocketAddr, errno: i32)
 fn install(
     ctx: &ConnectContext<'_>,
     n: &Notification,
-    call: ConnectCall,
+    call: SockaddrCall,
     dst: SocketAddr,
     host: OwnedFd,
     cloexec: bool,
@@ -542,31 +800,31 @@ mod tests {
     #[test]
     fn call_arguments_are_checked_like_the_kernel() {
         assert_eq!(
-            ConnectCall::from_args(&[3, 0x1000, 16, 0, 0, 0]),
-            Some(ConnectCall {
+            SockaddrCall::from_args(&[3, 0x1000, 16, 0, 0, 0]),
+            Some(SockaddrCall {
                 fd: 3,
                 addr_ptr: 0x1000,
                 addr_len: 16
             })
         );
         assert_eq!(
-            ConnectCall::from_args(&[u32::MAX as u64, 0x1000, 16, 0, 0, 0]),
+            SockaddrCall::from_args(&[u32::MAX as u64, 0x1000, 16, 0, 0, 0]),
             None,
             "fd -1"
         );
         assert_eq!(
-            ConnectCall::from_args(&[3, 0x1000, 129, 0, 0, 0]),
+            SockaddrCall::from_args(&[3, 0x1000, 129, 0, 0, 0]),
             None,
             "len > 128"
         );
         assert_eq!(
-            ConnectCall::from_args(&[3, 0x1000, u32::MAX as u64, 0, 0, 0]),
+            SockaddrCall::from_args(&[3, 0x1000, u32::MAX as u64, 0, 0, 0]),
             None,
             "len -1"
         );
         // Upper bits are ignored by the kernel's int conversion.
         assert_eq!(
-            ConnectCall::from_args(&[(1 << 32) | 5, 0, 16, 0, 0, 0]).map(|c| c.fd),
+            SockaddrCall::from_args(&[(1 << 32) | 5, 0, 16, 0, 0, 0]).map(|c| c.fd),
             Some(5)
         );
     }

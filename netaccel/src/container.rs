@@ -10,11 +10,12 @@ use std::sync::{Arc, RwLock};
 
 use tokio::io::unix::AsyncFd;
 
+use crate::bind::{self, BindOutcome};
 use crate::connect::{self, ConnectContext, Outcome};
-use crate::ifaddrs::SubnetWatch;
-use crate::ignore::IgnoreList;
+use crate::ifaddrs::{NetView, SubnetWatch};
 use crate::netns::NetnsId;
 use crate::notify::{Notification, NotifyFd};
+use crate::publish::{Listeners, PortMapping};
 use crate::route::Routes;
 use crate::sockopts::HostDefaults;
 
@@ -28,9 +29,14 @@ pub enum Mode {
     /// The fast path, with the container's namespace and ignore list.
     Accelerate {
         netns: NetnsId,
-        ignore: Arc<RwLock<IgnoreList>>,
+        /// The daemon's namespace, where the sockets it hands out live.
+        host_netns: Option<NetnsId>,
+        view: Arc<RwLock<NetView>>,
         defaults: Arc<HostDefaults>,
         routes: Arc<Routes>,
+        /// Published ports whose binds the daemon takes over.
+        published: Vec<PortMapping>,
+        listeners: Arc<Listeners>,
         /// Keeps the ignore list current; stops with the container.
         _watch: SubnetWatch,
     },
@@ -41,6 +47,8 @@ pub enum Mode {
 }
 
 pub struct Container {
+    /// Unique per daemon: owner key of the listeners bound for it.
+    pub serial: u64,
     pub id: String,
     /// The process that registered it (0 when unknown).
     pub pid: u32,
@@ -55,11 +63,16 @@ pub struct Counters {
     bypassed: AtomicU64,
     kept: AtomicU64,
     failed: AtomicU64,
+    published: AtomicU64,
+    refused: AtomicU64,
 }
+
+static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
 
 impl Container {
     pub fn new(id: String, pid: u32, notify: NotifyFd, mode: Mode) -> Self {
         Self {
+            serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
             id,
             pid,
             notify,
@@ -78,6 +91,8 @@ impl Container {
             bypassed: c.bypassed.load(Ordering::Relaxed),
             kept: c.kept.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
+            published: c.published.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
         }
     }
 }
@@ -91,6 +106,12 @@ pub struct ContainerStatus {
     pub bypassed: u64,
     pub kept: u64,
     pub failed: u64,
+    /// Binds that got a host listener on a published port.
+    #[serde(default)]
+    pub published: u64,
+    /// Calls refused because they would have let a host socket reach the host.
+    #[serde(default)]
+    pub refused: u64,
 }
 
 impl Container {
@@ -138,6 +159,8 @@ impl Container {
                             bypassed = c.bypassed.load(Ordering::Relaxed),
                             kept = c.kept.load(Ordering::Relaxed),
                             failed = c.failed.load(Ordering::Relaxed),
+                            published = c.published.load(Ordering::Relaxed),
+                            refused = c.refused.load(Ordering::Relaxed),
                             "container exited; stopped serving it"
                         );
                         return;
@@ -157,33 +180,60 @@ impl Container {
             id: n.id,
             armed: true,
         };
-        let result = match &self.mode {
+        let nr = i64::from(n.nr);
+        let native = n.arch == NATIVE_ARCH;
+        match &self.mode {
             Mode::Accelerate {
                 netns,
-                ignore,
+                host_netns,
+                view,
                 defaults,
                 routes,
+                published,
+                listeners,
                 ..
-            } if n.arch == NATIVE_ARCH && i64::from(n.nr) == libc::SYS_connect => {
+            } if native && (nr == libc::SYS_connect || nr == libc::SYS_bind || nr == libc::SYS_shutdown) => {
                 let ctx = ConnectContext {
                     notify: &self.notify,
                     container_netns: *netns,
-                    ignore,
+                    host_netns: *host_netns,
+                    view,
                     defaults,
                     routes,
+                    published,
+                    owner: self.serial,
+                    listeners,
                 };
-                connect::handle(&ctx, &n).await
+                if nr == libc::SYS_connect {
+                    let result = connect::handle(&ctx, &n).await;
+                    answer.disarm();
+                    self.record_connect(&n, result);
+                } else {
+                    let result = if nr == libc::SYS_bind {
+                        bind::handle(&ctx, &n).await
+                    } else {
+                        bind::handle_shutdown(&ctx, &n)
+                    };
+                    answer.disarm();
+                    self.record_bind(&n, result);
+                }
             }
-            _ => self
-                .notify
-                .answer_continue(n.id)
-                .map(|_| Outcome::Kept(connect::Keep::NotApplicable)),
-        };
-        answer.disarm();
+            _ => {
+                let result = self.notify.answer_continue(n.id);
+                answer.disarm();
+                if result.is_ok() {
+                    self.counters.kept.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn record_connect(&self, n: &Notification, result: std::io::Result<Outcome>) {
         let counter = match &result {
             Ok(Outcome::Bypassed { .. }) => Some(&self.counters.bypassed),
             Ok(Outcome::Kept(_)) => Some(&self.counters.kept),
             Ok(Outcome::Failed { .. }) => Some(&self.counters.failed),
+            Ok(Outcome::Refused { .. }) => Some(&self.counters.refused),
             _ => None,
         };
         if let Some(c) = counter {
@@ -196,19 +246,58 @@ impl Container {
             Ok(Outcome::Failed { dst, errno }) => {
                 tracing::debug!(container = %self.id, pid = n.pid, %dst, errno, "host connect failed; error returned")
             }
+            Ok(Outcome::Refused { errno }) => {
+                tracing::info!(container = %self.id, pid = n.pid, fd = n.args[0], errno, "connect on a host listener or loopback socket refused")
+            }
             Ok(Outcome::Kept(reason)) => {
                 tracing::trace!(container = %self.id, pid = n.pid, ?reason, "connect kept on container path")
             }
             Ok(Outcome::CallerGone) => {
                 tracing::debug!(container = %self.id, pid = n.pid, "caller gone before the answer")
             }
-            Err(e) => {
-                tracing::warn!(container = %self.id, pid = n.pid, error = %e, "notification handling failed");
-                // Not answered yet: let the kernel run the syscall as usual.
-                if let Err(e) = self.notify.answer_continue(n.id) {
-                    tracing::debug!(container = %self.id, error = %e, "continue after failure not delivered");
-                }
+            Err(e) => self.failed_handling(n, &e),
+        }
+    }
+
+    fn record_bind(&self, n: &Notification, result: std::io::Result<BindOutcome>) {
+        let counter = match &result {
+            Ok(BindOutcome::Published { .. }) => Some(&self.counters.published),
+            Ok(BindOutcome::Kept(_) | BindOutcome::Done { .. }) => Some(&self.counters.kept),
+            Ok(BindOutcome::HostRefused { .. }) => Some(&self.counters.failed),
+            Ok(BindOutcome::Refused { .. }) => Some(&self.counters.refused),
+            _ => None,
+        };
+        if let Some(c) = counter {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        match result {
+            Ok(BindOutcome::Published { host, container_port }) => {
+                tracing::debug!(container = %self.id, pid = n.pid, fd = n.args[0], %host, container_port, "bind published on host listener")
             }
+            Ok(BindOutcome::HostRefused { host, errno }) => {
+                tracing::debug!(container = %self.id, pid = n.pid, %host, errno, "host bind failed; error returned")
+            }
+            Ok(BindOutcome::Refused { errno }) => {
+                tracing::info!(container = %self.id, pid = n.pid, fd = n.args[0], nr = n.nr, errno, "bind or shutdown on a host socket refused")
+            }
+            Ok(BindOutcome::Done { errno }) => {
+                tracing::trace!(container = %self.id, pid = n.pid, errno, "shutdown run by the daemon")
+            }
+            Ok(BindOutcome::Kept(reason)) => {
+                tracing::trace!(container = %self.id, pid = n.pid, ?reason, "bind kept on container path")
+            }
+            Ok(BindOutcome::CallerGone) => {
+                tracing::debug!(container = %self.id, pid = n.pid, "caller gone before the answer")
+            }
+            Err(e) => self.failed_handling(n, &e),
+        }
+    }
+
+    fn failed_handling(&self, n: &Notification, e: &std::io::Error) {
+        tracing::warn!(container = %self.id, pid = n.pid, error = %e, "notification handling failed");
+        // Not answered yet: let the kernel run the syscall as usual.
+        if let Err(e) = self.notify.answer_continue(n.id) {
+            tracing::debug!(container = %self.id, error = %e, "continue after failure not delivered");
         }
     }
 }

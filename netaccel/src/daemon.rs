@@ -12,13 +12,14 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::container::{Container, ContainerStatus, Mode};
 use crate::fdpass;
-use crate::ifaddrs::{route_socket_in_netns_of, SubnetWatch};
+use crate::ifaddrs::{route_socket_in_netns_of, NetView, SubnetWatch};
 use crate::ignore::IgnoreList;
 use crate::netns::NetnsId;
 use crate::notify::NotifyFd;
+use crate::publish::Listeners;
 use crate::route::Routes;
 use crate::sockopts::HostDefaults;
-use crate::state::ContainerProcessState;
+use crate::state::{ContainerProcessState, ContainerSettings};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -61,6 +62,7 @@ pub(crate) struct Shared {
     defaults: Arc<HostDefaults>,
     routes: Arc<Routes>,
     registry: Registry,
+    listeners: Arc<Listeners>,
 }
 
 /// Binds a unix socket only its owner can use (directory 0700, socket 0600),
@@ -120,6 +122,7 @@ impl Daemon {
                 defaults: Arc::new(defaults),
                 routes: Arc::new(routes),
                 registry: Registry::default(),
+                listeners: Arc::new(Listeners::default()),
             }),
         })
     }
@@ -137,7 +140,7 @@ impl Daemon {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tracing::info!(socket = %self.socket().display(), ignore = ?self.shared.config.ignore.nets(), "netaccel daemon listening");
         tokio::select! {
-            _ = accept_loop(&self.listener, self.shared.clone(), IgnoreList::default()) => {}
+            _ = accept_loop(&self.listener, self.shared.clone(), ContainerSettings::default()) => {}
             _ = shutdown => {}
         }
         let _ = std::fs::remove_file(self.socket());
@@ -145,9 +148,10 @@ impl Daemon {
     }
 }
 
-/// Serves registrations arriving on `listener`; `extra` is ignored by every
-/// container registered through it (on top of the daemon's and its own).
-pub(crate) async fn accept_loop(listener: &UnixListener, shared: Arc<Shared>, extra: IgnoreList) {
+/// Serves registrations arriving on `listener`; `extra` applies to every
+/// container registered through it, on top of the daemon's settings and its
+/// own (ignore ranges and published ports add up; ignore_bind wins).
+pub(crate) async fn accept_loop(listener: &UnixListener, shared: Arc<Shared>, extra: ContainerSettings) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -163,7 +167,7 @@ pub(crate) async fn accept_loop(listener: &UnixListener, shared: Arc<Shared>, ex
     }
 }
 
-async fn register(stream: UnixStream, shared: Arc<Shared>, extra: IgnoreList) {
+async fn register(stream: UnixStream, shared: Arc<Shared>, extra: ContainerSettings) {
     let msg = match tokio::time::timeout(REGISTRATION_TIMEOUT, fdpass::read_message(&stream, MAX_STATE_LEN))
         .await
     {
@@ -223,7 +227,9 @@ async fn serve_tracked(shared: &Arc<Shared>, container: Container) {
     if let Ok(mut m) = shared.registry.served.lock() {
         m.insert(key, container.clone());
     }
+    let serial = container.serial;
     container.serve().await;
+    shared.listeners.forget_owner(serial);
     if let Ok(mut m) = shared.registry.served.lock() {
         m.remove(&key);
     }
@@ -276,28 +282,42 @@ fn pass_through_all(shared: &Arc<Shared>, fds: Vec<NotifyFd>, why: &str) {
 async fn accelerate(
     state: &ContainerProcessState,
     shared: &Shared,
-    extra: IgnoreList,
+    extra: ContainerSettings,
 ) -> Result<Mode, String> {
-    let settings = state.settings().map_err(|e| e.to_string())?;
+    let mut settings = state.settings().map_err(|e| e.to_string())?;
+    settings.ignore.extend(extra.ignore);
+    for m in extra.publish {
+        if !settings.publish.contains(&m) {
+            settings.publish.push(m);
+        }
+    }
+    settings.ignore_bind |= extra.ignore_bind;
+    crate::publish::check_unique(&settings.publish).map_err(|e| e.to_string())?;
     let netns = NetnsId::of_pid(state.pid).map_err(|e| format!("netns of pid {}: {e}", state.pid))?;
     if Some(netns) == shared.host_netns {
         return Err("the container shares the daemon's network namespace; nothing to bypass".into());
     }
     let mut base = shared.config.ignore.clone();
-    base.extend(settings.ignore);
-    base.extend(extra.nets().iter().copied());
-    let ignore = Arc::new(RwLock::new(base.clone()));
+    base.extend(settings.ignore.iter().copied());
+    let view = Arc::new(RwLock::new(NetView::new(base.clone())));
     let route = route_socket_in_netns_of(&shared.config.helper_exe, state.pid)
         .await
         .map_err(|e| e.to_string())?;
-    let watch = SubnetWatch::start(route, state.pid, base, ignore.clone())
+    let watch = SubnetWatch::start(route, state.pid, base, view.clone())
         .await
         .map_err(|e| e.to_string())?;
+    let published = settings.bind_bypass().to_vec();
+    if !published.is_empty() {
+        tracing::info!(container = %state.state.id, ports = ?published.iter().map(|m| m.to_string()).collect::<Vec<_>>(), "binds of published ports get host listeners");
+    }
     Ok(Mode::Accelerate {
         netns,
-        ignore,
+        host_netns: shared.host_netns,
+        view,
         defaults: shared.defaults.clone(),
         routes: shared.routes.clone(),
+        published,
+        listeners: shared.listeners.clone(),
         _watch: watch,
     })
 }

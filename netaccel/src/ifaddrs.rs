@@ -10,6 +10,7 @@
 
 use std::fs::File;
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -107,8 +108,34 @@ pub async fn route_socket_in_netns_of(helper_exe: &Path, pid: u32) -> Result<Own
         .ok_or_else(|| helper_err("no socket received".into()))
 }
 
-/// Keeps `target` = `base` + the subnets of the namespace behind `route_socket`
-/// up to date until dropped.
+/// A container's network as the daemon sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetView {
+    /// Destinations that keep the container's own path.
+    pub ignore: IgnoreList,
+    /// The container's interface addresses.
+    pub addresses: Vec<IpAddr>,
+}
+
+impl NetView {
+    /// A view with only `ignore` (addresses still unknown).
+    pub fn new(ignore: IgnoreList) -> Self {
+        Self {
+            ignore,
+            addresses: Vec::new(),
+        }
+    }
+
+    /// True when `ip` means the container itself: loopback, the unspecified
+    /// address, or one of its interface addresses.
+    pub fn is_self(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        ip.is_loopback() || ip.is_unspecified() || self.addresses.contains(&ip)
+    }
+}
+
+/// Keeps `target` = `base` + the subnets (and the addresses) of the namespace
+/// behind `route_socket` up to date until dropped.
 pub struct SubnetWatch {
     task: JoinHandle<()>,
 }
@@ -126,18 +153,19 @@ impl SubnetWatch {
         route_socket: OwnedFd,
         pid: u32,
         base: IgnoreList,
-        target: Arc<RwLock<IgnoreList>>,
+        target: Arc<RwLock<NetView>>,
     ) -> Result<Self, IfaddrsError> {
         // SAFETY: we own the route socket fd and hand that ownership over.
         let sock = unsafe { netlink_sys::TokioSocket::from_raw_fd(route_socket.into_raw_fd()) };
         let (conn, handle, mut changes) = rtnetlink::from_socket(sock);
         let conn = tokio::spawn(conn);
         let publish = move |nets: Vec<IpNet>| {
-            let mut list = base.clone();
-            list.extend(nets);
-            tracing::debug!(pid, nets = ?list.nets(), "ignore list updated");
+            let mut ignore = base.clone();
+            ignore.extend(nets.iter().map(|n| n.trunc()));
+            let addresses = nets.iter().map(|n| n.addr()).collect();
+            tracing::debug!(pid, nets = ?ignore.nets(), ?addresses, "ignore list updated");
             if let Ok(mut t) = target.write() {
-                *t = list;
+                *t = NetView { ignore, addresses };
             }
         };
         let dump_err = |e: rtnetlink::Error| IfaddrsError::Dump {
@@ -167,6 +195,7 @@ async fn dump(handle: &rtnetlink::Handle) -> Result<Vec<IpNet>, rtnetlink::Error
     Ok(nets)
 }
 
+/// The interface address with its prefix length (not truncated).
 fn subnet_of(msg: &AddressMessage) -> Option<IpNet> {
     // IFA_LOCAL is the local address on point-to-point links; IFA_ADDRESS the
     // peer there and the local address elsewhere.
@@ -179,7 +208,7 @@ fn subnet_of(msg: &AddressMessage) -> Option<IpNet> {
         _ => None,
     });
     let ip = local.or(address)?;
-    IpNet::new(ip, msg.header.prefix_len).ok().map(|n| n.trunc())
+    IpNet::new(ip, msg.header.prefix_len).ok()
 }
 
 #[cfg(test)]
@@ -187,15 +216,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_container_itself_is_loopback_unspecified_and_its_addresses() {
+        let view = NetView {
+            ignore: IgnoreList::default(),
+            addresses: vec![
+                "10.0.2.100".parse().expect("ip"),
+                "fd00::100".parse().expect("ip"),
+            ],
+        };
+        for me in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "0.0.0.0",
+            "::1",
+            "::",
+            "10.0.2.100",
+            "fd00::100",
+            "::ffff:10.0.2.100",
+        ] {
+            assert!(view.is_self(me.parse().expect("ip")), "{me}");
+        }
+        for other in ["10.0.2.2", "192.0.2.1", "fd00::2"] {
+            assert!(!view.is_self(other.parse().expect("ip")), "{other}");
+        }
+    }
+
+    #[test]
     fn subnet_prefers_local_address() {
         let mut msg = AddressMessage::default();
         msg.header.prefix_len = 24;
         msg.attributes
             .push(AddressAttribute::Address("10.0.2.100".parse().expect("ip")));
-        assert_eq!(subnet_of(&msg), Some("10.0.2.0/24".parse().expect("net")));
+        assert_eq!(subnet_of(&msg), Some("10.0.2.100/24".parse().expect("net")));
         msg.attributes
             .push(AddressAttribute::Local("10.9.9.9".parse().expect("ip")));
-        assert_eq!(subnet_of(&msg), Some("10.9.9.0/24".parse().expect("net")));
+        assert_eq!(subnet_of(&msg), Some("10.9.9.9/24".parse().expect("net")));
         msg.header.prefix_len = 99;
         assert_eq!(subnet_of(&msg), None);
     }

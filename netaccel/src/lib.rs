@@ -6,12 +6,14 @@
 //! - syscall wrappers: [`notify`] (the notify fd), [`tracee`] (the caller's
 //!   memory and fds), [`netns`] (namespace identity), [`fdpass`];
 //! - policy, plain Rust: [`sockaddr`], [`ignore`], [`connect`] (verdicts),
+//!   [`bind`] and [`publish`] (published ports and their host listeners),
 //!   [`sockopts`] (what to replay), [`route`] (egress pinning);
 //! - serving: [`ifaddrs`], [`container`], [`daemon`], [`api`] (the
 //!   bypass4netnsd-compatible HTTP API); and [`state`] /
 //!   [`profile`] for the runtime protocol; [`runtime`], the OCI runtime wrapper.
 
 pub mod api;
+pub mod bind;
 pub mod connect;
 pub mod container;
 pub mod daemon;
@@ -21,6 +23,7 @@ pub mod ignore;
 pub mod netns;
 pub mod notify;
 pub mod profile;
+pub mod publish;
 pub mod route;
 pub mod runtime;
 pub mod sockaddr;

@@ -69,6 +69,19 @@ enum Command {
         /// Destination CIDR that keeps the normal path for this container (repeatable).
         #[arg(long = "ignore", value_name = "CIDR")]
         ignore: Vec<IpNet>,
+        /// Publish a TCP port through a host socket: a bind of containerPort in
+        /// the container binds hostPort on the host instead, so inbound
+        /// connections skip the port forwarder (repeatable). /udp mappings are
+        /// accepted and keep the engine's forwarder.
+        #[arg(
+            short = 'p',
+            long = "publish",
+            value_name = "[HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|/udp]"
+        )]
+        publish: Vec<netaccel::publish::PortMapping>,
+        /// Leave every bind to the container (published ports keep the engine's forwarder).
+        #[arg(long)]
+        no_bind: bool,
     },
     /// OCI runtime wrapper: merge the fast path into the bundle's seccomp
     /// profile on create/run, then exec the real runtime with the same
@@ -154,9 +167,20 @@ fn main() -> Result<()> {
         // Must stay single-threaded until it has entered the namespaces.
         Command::NetnsRouteSocket { pid } => netaccel::ifaddrs::run_helper(pid)
             .with_context(|| format!("opening a route socket in the network namespace of pid {pid}")),
-        Command::Profile { socket, ignore } => {
+        Command::Profile {
+            socket,
+            ignore,
+            publish,
+            no_bind,
+        } => {
             let socket = socket_or_default(socket)?;
-            let profile = NotifyProfile::new(&socket, &ContainerSettings { ignore })?;
+            netaccel::publish::check_unique(&publish)?;
+            let settings = ContainerSettings {
+                ignore,
+                publish,
+                ignore_bind: no_bind,
+            };
+            let profile = NotifyProfile::new(&socket, &settings)?;
             println!("{}", profile.to_json_pretty());
             Ok(())
         }
@@ -253,20 +277,22 @@ fn render_status(s: &netaccel::api::DaemonStatus) -> String {
     );
     if !s.containers.is_empty() {
         out += &format!(
-            "{:<20} {:>8} {:>11} {:>9} {:>6} {:>6}\n",
-            "CONTAINER", "PID", "ACCELERATED", "BYPASSED", "KEPT", "FAILED"
+            "{:<20} {:>8} {:>11} {:>9} {:>9} {:>6} {:>6} {:>7}\n",
+            "CONTAINER", "PID", "ACCELERATED", "BYPASSED", "PUBLISHED", "KEPT", "FAILED", "REFUSED"
         );
     }
     for c in &s.containers {
         let id: String = c.id.chars().take(20).collect();
         out += &format!(
-            "{:<20} {:>8} {:>11} {:>9} {:>6} {:>6}\n",
+            "{:<20} {:>8} {:>11} {:>9} {:>9} {:>6} {:>6} {:>7}\n",
             id,
             c.pid,
             if c.accelerated { "yes" } else { "no" },
             c.bypassed,
+            c.published,
             c.kept,
-            c.failed
+            c.failed,
+            c.refused
         );
     }
     for b in &s.bypasses {

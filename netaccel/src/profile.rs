@@ -1,10 +1,14 @@
 //! The seccomp profile a container needs for the fast path.
 //!
-//! Only `connect` is notified: every notified syscall costs a round trip to the
-//! daemon. `close`, `getpeername` and friends need no hook because the daemon
-//! keeps no per-fd state (it reads the socket itself through `pidfd_getfd`)
-//! and a bypassed socket is connected to exactly the address the container
-//! asked for, so `getpeername` already answers the container's view.
+//! Every notified syscall costs a round trip to the daemon, so only what the
+//! daemon acts on is notified: `connect`, and for a container with published
+//! ports whose binds the daemon takes over, `bind` plus the guards that keep
+//! the host listener it hands out a listener (`shutdown` except SHUT_WR is
+//! done by the daemon; io_uring, which would bypass seccomp, is refused).
+//! `close`, `getpeername` and friends need no hook because the daemon keeps no
+//! per-fd state (it reads the socket itself through `pidfd_getfd`) and a
+//! bypassed socket is connected to exactly the address the container asked
+//! for, so `getpeername` already answers the container's view.
 
 use std::path::Path;
 
@@ -12,8 +16,10 @@ use serde::Serialize;
 
 use crate::state::ContainerSettings;
 
-/// Syscalls the daemon handles.
+/// Syscalls the daemon handles for every container.
 pub const NOTIFIED_SYSCALLS: &[&str] = &["connect"];
+/// Added for a container with bind bypass.
+pub const BIND_SYSCALLS: &[&str] = &["bind"];
 
 /// `linux.seccomp` of an OCI config (the same keys as a Docker profile).
 #[derive(Debug, Clone, Serialize)]
@@ -27,9 +33,61 @@ pub struct NotifyProfile {
 }
 
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SyscallRule {
     pub names: Vec<&'static str>,
     pub action: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<ArgRule>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno_ret: Option<u32>,
+}
+
+/// A condition on one syscall argument (OCI `LinuxSeccompArg`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArgRule {
+    pub index: u32,
+    pub value: u64,
+    pub op: &'static str,
+}
+
+impl SyscallRule {
+    fn notify(names: &[&'static str]) -> Self {
+        Self {
+            names: names.to_vec(),
+            action: "SCMP_ACT_NOTIFY",
+            args: Vec::new(),
+            errno_ret: None,
+        }
+    }
+}
+
+/// The rules for a container: `connect`, and with bind bypass the bind rule
+/// and the listener guards.
+pub fn rules(settings: &ContainerSettings) -> Vec<SyscallRule> {
+    let mut rules = vec![SyscallRule::notify(NOTIFIED_SYSCALLS)];
+    if !settings.bind_bypass().is_empty() {
+        rules.push(SyscallRule::notify(BIND_SYSCALLS));
+        // shutdown(SHUT_RD or SHUT_RDWR) turns a listener back into a closed
+        // socket that could connect from the host; SHUT_WR (1) cannot.
+        rules.push(SyscallRule {
+            args: vec![ArgRule {
+                index: 1,
+                value: libc::SHUT_WR as u64,
+                op: "SCMP_CMP_NE",
+            }],
+            ..SyscallRule::notify(&["shutdown"])
+        });
+        // io_uring runs socket operations without any syscall we could see.
+        rules.push(SyscallRule {
+            names: vec!["io_uring_setup"],
+            action: "SCMP_ACT_ERRNO",
+            args: Vec::new(),
+            errno_ret: Some(libc::ENOSYS as u32),
+        });
+    }
+    rules
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,11 +130,15 @@ impl NotifyProfile {
             default_action: "SCMP_ACT_ALLOW",
             listener_path,
             listener_metadata,
-            architectures: architectures(),
-            syscalls: vec![SyscallRule {
-                names: NOTIFIED_SYSCALLS.to_vec(),
-                action: "SCMP_ACT_NOTIFY",
-            }],
+            architectures: if settings.bind_bypass().is_empty() {
+                architectures()
+            } else {
+                // 32-bit calls (i386 socketcall multiplexes shutdown and
+                // connect behind a pointer) would go around the listener
+                // guards, so such a container runs native code only.
+                architectures().into_iter().take(1).collect()
+            },
+            syscalls: rules(settings),
         })
     }
 
@@ -110,6 +172,8 @@ mod tests {
     fn settings_round_trip_through_the_state_message() {
         let settings = ContainerSettings {
             ignore: vec!["10.244.0.0/16".parse().expect("net")],
+            publish: vec!["127.0.0.1:8080:80".parse().expect("mapping")],
+            ignore_bind: false,
         };
         let p = NotifyProfile::new(Path::new("/s.sock"), &settings).expect("profile");
         let msg = serde_json::json!({
@@ -118,6 +182,48 @@ mod tests {
         });
         let state = ContainerProcessState::parse(msg.to_string().as_bytes(), 1).expect("state");
         assert_eq!(state.settings().expect("settings"), settings);
+    }
+
+    #[test]
+    fn bind_and_its_guards_are_notified_only_with_bind_bypass() {
+        let names = |s: &ContainerSettings| -> Vec<String> {
+            let p = NotifyProfile::new(Path::new("/s.sock"), s).expect("profile");
+            let v: serde_json::Value = serde_json::from_str(&p.to_json_pretty()).expect("json");
+            v["syscalls"]
+                .as_array()
+                .expect("rules")
+                .iter()
+                .map(|r| format!("{}:{}", r["names"][0].as_str().unwrap_or(""), r["action"]))
+                .collect()
+        };
+        let plain = ContainerSettings::default();
+        assert_eq!(names(&plain), ["connect:\"SCMP_ACT_NOTIFY\""]);
+        let published = ContainerSettings {
+            publish: vec!["8080:80".parse().expect("mapping")],
+            ..Default::default()
+        };
+        assert_eq!(
+            names(&published),
+            [
+                "connect:\"SCMP_ACT_NOTIFY\"",
+                "bind:\"SCMP_ACT_NOTIFY\"",
+                "shutdown:\"SCMP_ACT_NOTIFY\"",
+                "io_uring_setup:\"SCMP_ACT_ERRNO\""
+            ]
+        );
+        let p = NotifyProfile::new(Path::new("/s.sock"), &published).expect("profile");
+        assert_eq!(p.architectures.len(), 1, "native only: {:?}", p.architectures);
+        let shutdown = &rules(&published)[2];
+        assert_eq!(
+            (shutdown.args[0].index, shutdown.args[0].value),
+            (1, 1),
+            "all but SHUT_WR"
+        );
+        let off = ContainerSettings {
+            ignore_bind: true,
+            ..published
+        };
+        assert_eq!(names(&off), ["connect:\"SCMP_ACT_NOTIFY\""]);
     }
 
     #[test]

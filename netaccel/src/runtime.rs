@@ -231,7 +231,13 @@ pub fn patch_bundle(bundle: &Path, socket: &Path, ignore: &[IpNet]) -> Result<()
             all.push(net);
         }
     }
-    let ours = NotifyProfile::new(socket, &ContainerSettings { ignore: all })?;
+    let ours = NotifyProfile::new(
+        socket,
+        &ContainerSettings {
+            ignore: all,
+            ..Default::default()
+        },
+    )?;
     let merged = merge_seccomp(config.pointer("/linux/seccomp"), &ours)?;
     match config.get_mut("linux") {
         Some(Value::Object(linux)) => {

@@ -42,6 +42,39 @@ pub fn decode_inet(raw: &[u8]) -> Option<SocketAddr> {
     }
 }
 
+/// The arguments of a connect or bind call (fd, sockaddr pointer, length),
+/// validated as the kernel would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SockaddrCall {
+    pub fd: std::os::fd::RawFd,
+    pub addr_ptr: u64,
+    pub addr_len: usize,
+}
+
+impl SockaddrCall {
+    /// `None` for argument values the kernel rejects by itself (negative fd,
+    /// negative or oversized length); those calls continue unchanged.
+    pub fn from_args(args: &[u64; 6]) -> Option<Self> {
+        // The kernel truncates both to int.
+        let fd = args[0] as u32 as i32;
+        let len = args[2] as u32 as i32;
+        if fd < 0 || len < 0 || len as usize > MAX_SOCKADDR_LEN {
+            return None;
+        }
+        Some(Self {
+            fd,
+            addr_ptr: args[1],
+            addr_len: len as usize,
+        })
+    }
+}
+
+/// True for an AF_UNSPEC address: connect(2) with it disconnects the socket.
+pub fn is_unspec(raw: &[u8]) -> bool {
+    raw.get(0..2)
+        .is_some_and(|f| i32::from(u16::from_ne_bytes([f[0], f[1]])) == libc::AF_UNSPEC)
+}
+
 #[cfg(test)]
 pub(crate) fn encode_v4(addr: SocketAddrV4) -> Vec<u8> {
     let mut raw = vec![0u8; SOCKADDR_IN_LEN];

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::publish::PortMapping;
+
 /// The name runc and crun give the notify fd in `fds`.
 pub const SECCOMP_FD_NAME: &str = "seccompFd";
 
@@ -38,6 +40,25 @@ pub struct ContainerSettings {
     /// Extra destinations that keep the container's normal path.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ignore: Vec<IpNet>,
+    /// Published ports: a bind of one of these TCP container ports gets a
+    /// host socket bound to the host port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<PortMapping>,
+    /// Leave every bind to the container (published ports keep the engine's
+    /// forwarder), whatever `publish` says.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_bind: bool,
+}
+
+impl ContainerSettings {
+    /// The mappings whose binds the daemon takes over.
+    pub fn bind_bypass(&self) -> &[PortMapping] {
+        if self.ignore_bind {
+            &[]
+        } else {
+            &self.publish
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -13,9 +13,10 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use netaccel::connect::{self, ConnectContext, Outcome};
-use netaccel::ignore::IgnoreList;
+use netaccel::ifaddrs::NetView;
 use netaccel::netns::NetnsId;
 use netaccel::notify::{Delivery, NotifyFd};
+use netaccel::publish::Listeners;
 use netaccel::route::Routes;
 use netaccel::sockopts::HostDefaults;
 use rootless_lab::seccomp::{notify_connect_on_this_thread, raw_connect};
@@ -84,15 +85,20 @@ async fn answers_to_a_vanished_caller_report_caller_gone() {
     );
 
     // The whole handler: the caller's memory and fds are gone too.
-    let ignore = RwLock::new(IgnoreList::default());
+    let view = RwLock::new(NetView::default());
+    let listeners = Listeners::default();
     let defaults = HostDefaults::probe().expect("defaults");
     let routes = Routes::open().expect("routes");
     let ctx = ConnectContext {
         notify: &notify,
         container_netns: NetnsId::current().expect("netns"),
-        ignore: &ignore,
+        host_netns: None,
+        view: &view,
         defaults: &defaults,
         routes: &routes,
+        published: &[],
+        owner: 0,
+        listeners: &listeners,
     };
     match connect::handle(&ctx, &n).await {
         Ok(Outcome::CallerGone | Outcome::Kept(_)) => {}

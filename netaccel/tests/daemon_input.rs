@@ -188,18 +188,28 @@ fn a_second_daemon_on_the_same_socket_is_refused() {
 }
 
 #[test]
-fn profile_command_renders_the_committed_profile() {
-    let out = Command::new(env!("CARGO_BIN_EXE_netaccel"))
-        .args(["profile", "--socket", "/run/user/1000/netaccel/netaccel.sock"])
-        .output()
-        .expect("run");
-    assert!(out.status.success());
-    let committed = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../seccomp-profiles/netaccel-connect.json"
-    ))
-    .expect("seccomp-profiles/netaccel-connect.json");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), committed, "regenerate with: netaccel profile --socket /run/user/1000/netaccel/netaccel.sock > seccomp-profiles/netaccel-connect.json");
+fn profile_command_renders_the_committed_profiles() {
+    for (extra, file) in [
+        (&[][..], "netaccel-connect.json"),
+        (&["--publish", "8080:80"][..], "netaccel-publish-8080-80.json"),
+    ] {
+        let socket = ["profile", "--socket", "/run/user/1000/netaccel/netaccel.sock"];
+        let out = Command::new(env!("CARGO_BIN_EXE_netaccel"))
+            .args(socket)
+            .args(extra)
+            .output()
+            .expect("run");
+        assert!(out.status.success());
+        let path = format!("{}/../seccomp-profiles/{file}", env!("CARGO_MANIFEST_DIR"));
+        let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            committed,
+            "regenerate with: netaccel {} {} > seccomp-profiles/{file}",
+            socket.join(" "),
+            extra.join(" ")
+        );
+    }
 }
 
 #[test]

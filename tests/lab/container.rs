@@ -33,14 +33,32 @@ pub enum UserNet {
     Pasta { mtu: u32 },
 }
 
+/// A port forwarded from the host into the container by the user-mode
+/// stack: slirp4netns's `add_hostfwd` (from host loopback) or pasta's `-t`/`-u`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    /// "tcp" or "udp".
+    pub proto: &'static str,
+    pub host_port: u16,
+    pub guest_port: u16,
+}
+
 impl UserNet {
-    fn command(self, lab: &Lab, pid: u32) -> Command {
+    fn command(
+        self,
+        lab: &Lab,
+        pid: u32,
+        api_socket: Option<&std::path::Path>,
+        forwards: &[Forward],
+    ) -> Command {
         match self {
             UserNet::Slirp4netns { mtu } => {
                 let mut cmd = lab.user_command("slirp4netns");
-                cmd.args(["--configure", "--enable-ipv6", &format!("--mtu={mtu}")])
-                    .arg(pid.to_string())
-                    .arg("tap0");
+                cmd.args(["--configure", "--enable-ipv6", &format!("--mtu={mtu}")]);
+                if let Some(api) = api_socket {
+                    cmd.arg("--api-socket").arg(api);
+                }
+                cmd.arg(pid.to_string()).arg("tap0");
                 cmd
             }
             UserNet::Pasta { mtu } => {
@@ -52,8 +70,22 @@ impl UserNet {
                     "--mtu",
                     &mtu.to_string(),
                 ])
-                .args(["-t", "none", "-u", "none", "-T", "none", "-U", "none"])
-                .arg(pid.to_string());
+                .args(["-T", "none", "-U", "none"]);
+                for proto in ["tcp", "udp"] {
+                    let flag = if proto == "tcp" { "-t" } else { "-u" };
+                    let ports: Vec<String> = forwards
+                        .iter()
+                        .filter(|f| f.proto == proto)
+                        .map(|f| format!("{}:{}", f.host_port, f.guest_port))
+                        .collect();
+                    if ports.is_empty() {
+                        cmd.args([flag, "none"]);
+                    }
+                    for p in ports {
+                        cmd.args([flag, &p]);
+                    }
+                }
+                cmd.arg(pid.to_string());
                 cmd
             }
         }
@@ -67,6 +99,8 @@ pub struct ContainerConfig {
     pub net: UserNet,
     /// The OCI runtime the lab calls (an engine's view): runc, or a wrapper.
     pub runtime: PathBuf,
+    /// Ports the user-mode stack forwards from the host.
+    pub forwards: Vec<Forward>,
 }
 
 impl Default for ContainerConfig {
@@ -75,6 +109,7 @@ impl Default for ContainerConfig {
             seccomp: None,
             net: UserNet::Slirp4netns { mtu: 65520 },
             runtime: PathBuf::from("runc"),
+            forwards: Vec::new(),
         }
     }
 }
@@ -202,10 +237,13 @@ impl<'a> Container<'a> {
             anyhow::bail!("runc create failed ({created}): {}", log.trim());
         }
         container.pid = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+        let api_socket = bundle.join("slirp.sock");
+        let slirp = matches!(config.net, UserNet::Slirp4netns { .. });
+        let api = (slirp && !config.forwards.is_empty()).then_some(api_socket.as_path());
         container.user_net = Some(
             config
                 .net
-                .command(lab, container.pid)
+                .command(lab, container.pid, api, &config.forwards)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -224,6 +262,11 @@ impl<'a> Container<'a> {
                 })
             },
         )?;
+        if api.is_some() {
+            for f in &config.forwards {
+                add_hostfwd(&api_socket, f)?;
+            }
+        }
         run(container.runc().args(["start", &container.id]))?;
         Ok(container)
     }
@@ -232,6 +275,11 @@ impl<'a> Container<'a> {
         let mut cmd = self.lab.user_command(&self.runtime);
         cmd.arg("--root").arg(&self.runc_root);
         cmd
+    }
+
+    /// What the container's process has printed so far.
+    pub fn stdout_so_far(&self) -> String {
+        std::fs::read_to_string(self.bundle.join("stdout")).unwrap_or_default()
     }
 
     /// Waits until the container's process exits and returns its output.
@@ -272,6 +320,27 @@ impl Drop for Container<'_> {
             let _ = s.wait();
         }
     }
+}
+
+/// Asks slirp4netns (over its API socket) to forward host loopback's port.
+fn add_hostfwd(api: &std::path::Path, f: &Forward) -> Result<()> {
+    use std::io::{Read, Write};
+    wait_for("the slirp4netns API socket", Duration::from_secs(10), || {
+        api.exists().then_some(())
+    })?;
+    let mut conn = std::os::unix::net::UnixStream::connect(api)
+        .with_context(|| format!("connecting to slirp4netns at {}", api.display()))?;
+    let req = json!({"execute": "add_hostfwd", "arguments": {
+        "proto": f.proto, "host_addr": "127.0.0.1", "host_port": f.host_port, "guest_port": f.guest_port}});
+    conn.write_all(req.to_string().as_bytes())?;
+    conn.shutdown(std::net::Shutdown::Write)?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply)?;
+    anyhow::ensure!(
+        reply.contains("\"return\"") && !reply.contains("error"),
+        "slirp4netns refused {f:?}: {reply}"
+    );
+    Ok(())
 }
 
 fn chown_tree(lab: &Lab, path: &std::path::Path) -> Result<()> {

@@ -74,6 +74,21 @@ impl DaemonProcess {
         Ok(serde_json::from_str(&run(&mut cmd)?)?)
     }
 
+    /// The profile `netaccel profile ARGS` renders for this daemon.
+    pub fn profile_with(&self, lab: &Lab, args: &[&str]) -> Result<Value> {
+        let mut cmd = lab.user_command(&self.netaccel);
+        cmd.arg("profile").arg("--socket").arg(&self.socket).args(args);
+        Ok(serde_json::from_str(&run(&mut cmd)?)?)
+    }
+
+    /// Log lines with `message` that also contain every one of `fields`.
+    pub fn count_log(&self, message: &str, fields: &[&str]) -> usize {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(message) && fields.iter().all(|f| l.contains(f)))
+            .count()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -100,6 +100,19 @@ enum Cmd {
     /// Calls connect(2) with bad pointers, lengths, fds and families and
     /// prints each errno, then one good connect to DST.
     BadArgs { dst: SocketAddrV4 },
+    /// Binds and listens on 0.0.0.0:PORT (a published port), then tries to
+    /// turn the listener towards EVIL: shutdown(SHUT_RD), disconnect,
+    /// connect, fast-open send, a second bind, and io_uring_setup. Prints
+    /// every errno.
+    ListenerEscape { port: u16, evil: SocketAddrV4 },
+    /// Serves echo on LISTEN in a thread, then connects to each DST in turn
+    /// (the container's own published port through loopback, its address…)
+    /// and prints what each connection saw.
+    SelfConnect {
+        listen: SocketAddr,
+        #[arg(required = true)]
+        dst: Vec<SocketAddr>,
+    },
 }
 
 fn main() {
@@ -129,6 +142,8 @@ fn main() {
         } => race(good, evil, iterations),
         Cmd::RawConnect { dst } => raw_connect(dst),
         Cmd::BadArgs { dst } => bad_args(dst),
+        Cmd::ListenerEscape { port, evil } => listener_escape(port, evil),
+        Cmd::SelfConnect { listen, dst } => self_connect(listen, &dst),
     };
     if let Err(e) = result {
         let errno = e.downcast_ref::<std::io::Error>().and_then(|e| e.raw_os_error());
@@ -737,6 +752,99 @@ fn udp_reaim(good: SocketAddr, evil: SocketAddr) -> Result<()> {
     println!(
         "{}",
         json!({"local_after_good": local, "reaim_errno": reaim_errno, "sent": sent})
+    );
+    Ok(())
+}
+
+fn errno_of(rc: libc::c_long) -> i32 {
+    if rc < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    } else {
+        0
+    }
+}
+
+fn listener_escape(port: u16, evil: SocketAddrV4) -> Result<()> {
+    let listener = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port)))?;
+    let fd = listener.as_raw_fd();
+    let local = listener.local_addr()?.to_string();
+    let evil_raw = sockaddr_in(evil);
+    let evil_ptr = (&evil_raw as *const libc::sockaddr_in).cast::<libc::sockaddr>();
+    let in_len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: shutdown takes plain integers.
+    let shutdown_rd = errno_of(unsafe { libc::shutdown(fd, libc::SHUT_RD) } as libc::c_long);
+    let disconnect = disconnect(fd);
+    let connect_evil = raw_connect_errno(fd, evil_ptr, in_len);
+    // SAFETY: sends one byte from a live buffer to a live sockaddr_in.
+    let fastopen =
+        errno_of(
+            unsafe { libc::sendto(fd, b"x".as_ptr().cast(), 1, libc::MSG_FASTOPEN, evil_ptr, in_len) }
+                as libc::c_long,
+        );
+    let other = sockaddr_in(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0));
+    // SAFETY: bind reads `in_len` bytes from a live sockaddr_in.
+    let rebind = errno_of(
+        unsafe { libc::bind(fd, (&other as *const libc::sockaddr_in).cast(), in_len) } as libc::c_long,
+    );
+    // SAFETY: io_uring_params is plain integers (all-zero is valid); the
+    // syscall writes into it and returns an fd or -1.
+    let uring = unsafe {
+        let mut params = [0u8; 120];
+        libc::syscall(libc::SYS_io_uring_setup, 1u32, params.as_mut_ptr())
+    };
+    let uring_errno = errno_of(uring);
+    if uring >= 0 {
+        // SAFETY: the fd was just returned to us and nothing else owns it.
+        unsafe { libc::close(uring as i32) };
+    }
+    // The listener must still accept after all that.
+    let still_listening = rustix::net::sockopt::socket_acceptconn(&listener).unwrap_or(false);
+    println!(
+        "{}",
+        json!({"local": local, "shutdown_rd": shutdown_rd, "disconnect": disconnect,
+               "connect_evil": connect_evil, "fastopen": fastopen, "rebind": rebind,
+               "io_uring_setup": uring_errno, "still_listening": still_listening})
+    );
+    Ok(())
+}
+
+fn self_connect(listen: SocketAddr, dsts: &[SocketAddr]) -> Result<()> {
+    let listener = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
+    let listening = listener.local_addr()?.to_string();
+    let served = Arc::new(AtomicU64::new(0));
+    let served_by_server = served.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut conn = conn;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = conn.read(&mut buf) {
+                if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            served_by_server.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let mut results = Vec::new();
+    for dst in dsts {
+        let r = match TcpStream::connect_timeout(dst, Duration::from_secs(5)) {
+            Ok(mut c) => {
+                let msg = format!("hello {dst}");
+                let local = c.local_addr().context("getsockname")?.to_string();
+                let peer = c.peer_addr().context("getpeername")?.to_string();
+                c.write_all(msg.as_bytes()).context("write")?;
+                c.shutdown(Shutdown::Write).context("shutdown")?;
+                let mut back = String::new();
+                c.read_to_string(&mut back).context("read")?;
+                json!({"dst": dst.to_string(), "echo_intact": back == msg, "local": local, "peer": peer})
+            }
+            Err(e) => json!({"dst": dst.to_string(), "errno": e.raw_os_error()}),
+        };
+        results.push(r);
+    }
+    println!(
+        "{}",
+        json!({"listening": listening, "results": results, "served": served.load(Ordering::SeqCst)})
     );
     Ok(())
 }
