@@ -19,7 +19,7 @@ use ipnet::IpNet;
 use netaccel::connect::{self, ConnectContext, Outcome};
 use netaccel::ifaddrs::NetView;
 use netaccel::ignore::IgnoreList;
-use netaccel::netns::NetnsId;
+use netaccel::netns::NetnsCookie;
 use netaccel::notify::NotifyFd;
 use netaccel::publish::Listeners;
 use netaccel::route::Routes;
@@ -104,7 +104,7 @@ fn notification_cycle(c: &mut Criterion, name: &str, dst: SocketAddrV4, expect_b
     // The caller's thread counts as the container: same namespace as ours.
     let ctx = ConnectContext {
         notify: &caller.notify,
-        container_netns: NetnsId::current().expect("netns"),
+        container_netns: NetnsCookie::current().expect("netns"),
         // The caller shares our namespace, so no host namespace of "ours"
         // may be set: its sockets would all look like the daemon's.
         host_netns: None,

@@ -32,10 +32,11 @@ use crate::connect::{
     check_socket, is_inet_socket, maybe_host, ConnectContext, Keep, Replacement, SocketFacts, Verdict,
 };
 use crate::ifaddrs::NetView;
-use crate::netns::NetnsId;
+use crate::netns::NetnsCookie;
 use crate::notify::{Delivery, Notification, NotifyFd};
 use crate::publish::{self, Listener, PortMapping, Proto};
 use crate::sockaddr::{decode_inet, SockaddrCall, MAX_SOCKADDR_LEN};
+use crate::sockopts::Purpose;
 use crate::tracee;
 
 /// Backlog of a listener before the container's own `listen` sets its value.
@@ -149,7 +150,7 @@ pub async fn handle(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<Bi
         host,
         nonblocking,
         cloexec,
-    }) = Replacement::for_socket(orig, &facts, n.pid, call.fd, ctx.defaults)?
+    }) = Replacement::for_socket(orig, &facts, n.pid, call.fd, ctx.defaults, Purpose::Listen)?
     else {
         return keep(ctx.notify, n, Keep::NotApplicable);
     };
@@ -215,7 +216,7 @@ pub fn handle_shutdown(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result
             return answer(ctx.notify, n, errno, BindOutcome::Done { errno });
         }
     };
-    let is_ours = is_inet_socket(&orig) && maybe_host(NetnsId::of_socket(&orig).ok(), ctx.host_netns);
+    let is_ours = is_inet_socket(&orig) && maybe_host(NetnsCookie::of_socket(&orig).ok(), ctx.host_netns);
     if is_ours && rustix::net::sockopt::socket_acceptconn(&orig).unwrap_or(true) {
         return answer(
             ctx.notify,

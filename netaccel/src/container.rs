@@ -13,7 +13,7 @@ use tokio::io::unix::AsyncFd;
 use crate::bind::{self, BindOutcome};
 use crate::connect::{self, ConnectContext, Outcome};
 use crate::ifaddrs::{NetView, SubnetWatch};
-use crate::netns::NetnsId;
+use crate::netns::NetnsCookie;
 use crate::notify::{Notification, NotifyFd};
 use crate::publish::{Listeners, PortMapping};
 use crate::route::Routes;
@@ -28,9 +28,9 @@ const NATIVE_ARCH: u32 = 0xC000_00B7; // AUDIT_ARCH_AARCH64
 pub enum Mode {
     /// The fast path, with the container's namespace and ignore list.
     Accelerate {
-        netns: NetnsId,
+        netns: NetnsCookie,
         /// The daemon's namespace, where the sockets it hands out live.
-        host_netns: Option<NetnsId>,
+        host_netns: Option<NetnsCookie>,
         view: Arc<RwLock<NetView>>,
         defaults: Arc<HostDefaults>,
         routes: Arc<Routes>,

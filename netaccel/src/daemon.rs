@@ -14,7 +14,7 @@ use crate::container::{Container, ContainerStatus, Mode};
 use crate::fdpass;
 use crate::ifaddrs::{route_socket_in_netns_of, NetView, SubnetWatch};
 use crate::ignore::IgnoreList;
-use crate::netns::NetnsId;
+use crate::netns::{NetnsCookie, NetnsId};
 use crate::notify::NotifyFd;
 use crate::publish::Listeners;
 use crate::route::Routes;
@@ -53,12 +53,16 @@ pub enum DaemonError {
     Routes { source: crate::route::RouteError },
     #[error("cannot probe host socket defaults: {source}")]
     HostDefaults { source: io::Error },
+    #[error("cannot read a socket's network namespace cookie (SO_NETNS_COOKIE needs Linux 5.14 or later): {source}")]
+    NetnsCookie { source: io::Error },
 }
 
 /// What every registration shares.
 pub(crate) struct Shared {
     config: DaemonConfig,
     host_netns: Option<NetnsId>,
+    /// The same namespace by cookie, as sockets report it.
+    host_cookie: NetnsCookie,
     defaults: Arc<HostDefaults>,
     routes: Arc<Routes>,
     registry: Registry,
@@ -114,10 +118,12 @@ impl Daemon {
         let listener = bind_private_socket(&config.socket).await?;
         let defaults = HostDefaults::probe().map_err(|e| DaemonError::HostDefaults { source: e.into() })?;
         let routes = Routes::open().map_err(|source| DaemonError::Routes { source })?;
+        let host_cookie = NetnsCookie::current().map_err(|source| DaemonError::NetnsCookie { source })?;
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
                 host_netns: NetnsId::current().ok(),
+                host_cookie,
                 config,
                 defaults: Arc::new(defaults),
                 routes: Arc::new(routes),
@@ -303,6 +309,9 @@ async fn accelerate(
     let route = route_socket_in_netns_of(&shared.config.helper_exe, state.pid)
         .await
         .map_err(|e| e.to_string())?;
+    // The helper made this socket inside the container's namespace.
+    let cookie =
+        NetnsCookie::of_socket(&route).map_err(|e| format!("netns cookie of pid {}: {e}", state.pid))?;
     let watch = SubnetWatch::start(route, state.pid, base, view.clone())
         .await
         .map_err(|e| e.to_string())?;
@@ -311,8 +320,8 @@ async fn accelerate(
         tracing::info!(container = %state.state.id, ports = ?published.iter().map(|m| m.to_string()).collect::<Vec<_>>(), "binds of published ports get host listeners");
     }
     Ok(Mode::Accelerate {
-        netns,
-        host_netns: shared.host_netns,
+        netns: cookie,
+        host_netns: Some(shared.host_cookie),
         view,
         defaults: shared.defaults.clone(),
         routes: shared.routes.clone(),

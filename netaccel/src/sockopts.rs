@@ -44,17 +44,38 @@ pub struct NotReplayed {
     pub errno: rustix::io::Errno,
 }
 
+/// What the host socket that gets the options will do, which decides the
+/// options worth reading: every one is a syscall on the hot path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Connect, never bound by us: SO_REUSEADDR/SO_REUSEPORT change nothing.
+    Connect,
+    /// Bind and listen.
+    Listen,
+}
+
 impl SocketOptions {
-    /// Reads the options of a socket of `family` and `kind`; TCP-level ones
-    /// only from stream sockets (on UDP each would be a failing syscall).
-    pub fn read(fd: impl AsFd, family: AddressFamily, kind: SocketType) -> Self {
+    /// Reads the options of a socket of `family` and `kind` that matter for
+    /// `purpose`; TCP-level ones only from stream sockets and SO_BROADCAST
+    /// only from datagram ones (elsewhere they would be failing or
+    /// meaningless syscalls).
+    pub fn read(fd: impl AsFd, family: AddressFamily, kind: SocketType, purpose: Purpose) -> Self {
         let fd = fd.as_fd();
         let v6 = family == AddressFamily::INET6;
         let tcp = kind == SocketType::STREAM;
+        let binds = purpose == Purpose::Listen;
         Self {
-            reuseaddr: so::socket_reuseaddr(fd).ok(),
-            reuseport: so::socket_reuseport(fd).ok(),
-            broadcast: so::socket_broadcast(fd).ok(),
+            reuseaddr: if binds {
+                so::socket_reuseaddr(fd).ok()
+            } else {
+                None
+            },
+            reuseport: if binds {
+                so::socket_reuseport(fd).ok()
+            } else {
+                None
+            },
+            broadcast: if tcp { None } else { so::socket_broadcast(fd).ok() },
             keepalive: so::socket_keepalive(fd).ok(),
             oobinline: so::socket_oobinline(fd).ok(),
             linger: so::socket_linger(fd).ok(),
@@ -77,7 +98,7 @@ impl SocketOptions {
     /// Options of a fresh socket of `family` and `kind` in the daemon's namespace.
     pub fn fresh(family: AddressFamily, kind: SocketType) -> rustix::io::Result<Self> {
         let sock = rustix::net::socket(family, kind, None)?;
-        Ok(Self::read(&sock, family, kind))
+        Ok(Self::read(&sock, family, kind, Purpose::Listen))
     }
 
     /// Applies to `fd` every option that differs from `defaults`. Returns what
@@ -180,7 +201,7 @@ mod tests {
         let target = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).expect("socket");
         assert!(defaults.apply_changed(&target, &defaults).is_empty());
         assert_eq!(
-            SocketOptions::read(&target, AddressFamily::INET, SocketType::STREAM),
+            SocketOptions::read(&target, AddressFamily::INET, SocketType::STREAM, Purpose::Listen),
             defaults
         );
     }
@@ -196,13 +217,13 @@ mod tests {
             .expect("sndtimeo");
         so::set_socket_send_buffer_size(&orig, 96 * 1024).expect("sndbuf");
         so::set_ip_tos(&orig, 0x10).expect("tos");
-        let opts = SocketOptions::read(&orig, AddressFamily::INET, SocketType::STREAM);
+        let opts = SocketOptions::read(&orig, AddressFamily::INET, SocketType::STREAM, Purpose::Listen);
         assert_eq!(opts.send_timeout, Some(Some(Duration::from_millis(1500))));
 
         let host = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).expect("socket");
         assert!(opts.apply_changed(&host, &defaults).is_empty());
         assert_eq!(
-            SocketOptions::read(&host, AddressFamily::INET, SocketType::STREAM),
+            SocketOptions::read(&host, AddressFamily::INET, SocketType::STREAM, Purpose::Listen),
             opts
         );
         // The receive buffer was not set on the original, so it stays unlocked.
@@ -210,6 +231,16 @@ mod tests {
             so::socket_recv_buffer_size(&host).expect("rcvbuf"),
             defaults.recv_buffer.expect("default")
         );
+    }
+
+    #[test]
+    fn reuse_options_are_read_only_for_listeners() {
+        let sock = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).expect("socket");
+        so::set_socket_reuseaddr(&sock, true).expect("reuseaddr");
+        let connect = SocketOptions::read(&sock, AddressFamily::INET, SocketType::STREAM, Purpose::Connect);
+        assert_eq!((connect.reuseaddr, connect.broadcast), (None, None));
+        let listen = SocketOptions::read(&sock, AddressFamily::INET, SocketType::STREAM, Purpose::Listen);
+        assert_eq!(listen.reuseaddr, Some(true));
     }
 
     #[test]
@@ -222,7 +253,7 @@ mod tests {
         let flipped = !so::ipv6_v6only(&orig).expect("v6only");
         so::set_ipv6_v6only(&orig, flipped).expect("set v6only");
         let host = rustix::net::socket(AddressFamily::INET6, SocketType::STREAM, None).expect("socket");
-        let opts = SocketOptions::read(&orig, AddressFamily::INET6, SocketType::STREAM);
+        let opts = SocketOptions::read(&orig, AddressFamily::INET6, SocketType::STREAM, Purpose::Connect);
         assert!(opts.apply_changed(&host, &defaults).is_empty());
         assert_eq!(so::ipv6_v6only(&host).expect("v6only"), flipped);
     }

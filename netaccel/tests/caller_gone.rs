@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use netaccel::connect::{self, ConnectContext, Outcome};
 use netaccel::ifaddrs::NetView;
-use netaccel::netns::NetnsId;
+use netaccel::netns::NetnsCookie;
 use netaccel::notify::{Delivery, NotifyFd};
 use netaccel::publish::Listeners;
 use netaccel::route::Routes;
@@ -91,7 +91,7 @@ async fn answers_to_a_vanished_caller_report_caller_gone() {
     let routes = Routes::open().expect("routes");
     let ctx = ConnectContext {
         notify: &notify,
-        container_netns: NetnsId::current().expect("netns"),
+        container_netns: NetnsCookie::current().expect("netns"),
         host_netns: None,
         view: &view,
         defaults: &defaults,
