@@ -161,12 +161,22 @@ fn main() -> Result<()> {
     for n in &notes {
         println!("note: {n}");
     }
+    let timing = daemon.bypass_timing_us();
+    if let Some((handled, install)) = timing {
+        println!(
+            "\nnetaccel daemon per bypassed connect: {handled:.0} µs from notification to answer, \
+             {install:.0} µs of it installing the host socket (ADDFD); the rest of the added \
+             connect latency is the kernel's notification round trip."
+        );
+    }
     println!("\nTargets (issue: netbench):\n{targets}");
 
     std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
     std::fs::write(cli.out.join("netbench.md"), format!("{table}\n{targets}"))?;
     let config = json!({"seconds": cli.seconds, "repeat": cli.repeat, "pingpong_count": cli.pingpong_count,
-                        "netaccel_connections_logged": bypassed});
+                        "netaccel_connections_logged": bypassed,
+                        "netaccel_daemon_us_per_bypass": timing.map(|t| t.0),
+                        "netaccel_install_us_per_bypass": timing.map(|t| t.1)});
     let doc = report::json_report(&results, config, &notes);
     std::fs::write(cli.out.join("netbench.json"), serde_json::to_vec_pretty(&doc)?)?;
     plot::write_svg(&cli.out.join("netbench.svg"), &results)?;

@@ -178,8 +178,14 @@ fn bound_to_device(sock: impl AsFd) -> bool {
 /// How a notification ended, for logs and counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// The container now holds a host socket connected (or connecting) to `dst`.
-    Bypassed { dst: SocketAddr, errno: i32 },
+    /// The container now holds a host socket connected (or connecting) to
+    /// `dst`; `install` is how long installing it took (the ADDFD round
+    /// trip through the caller).
+    Bypassed {
+        dst: SocketAddr,
+        errno: i32,
+        install: std::time::Duration,
+    },
     /// The host connect failed at once; the container's socket is untouched.
     Failed { dst: SocketAddr, errno: i32 },
     /// The kernel ran the syscall on the container's own path.
@@ -622,15 +628,17 @@ fn install(
         let flags = rustix::fs::fcntl_getfl(&host)?;
         rustix::fs::fcntl_setfl(&host, flags - rustix::fs::OFlags::NONBLOCK)?;
     }
+    let started = std::time::Instant::now();
     if ctx.notify.install_fd(n.id, host.as_fd(), call.fd, cloexec)? == Delivery::CallerGone {
         return Ok(Outcome::CallerGone);
     }
+    let install = started.elapsed();
     let (delivery, errno) = match answer {
         Answer::Return(v) => (ctx.notify.answer(n.id, 0, -v)?, -v),
         Answer::Continue => (ctx.notify.answer_continue(n.id)?, libc::EINPROGRESS),
     };
     Ok(match delivery {
-        Delivery::Delivered => Outcome::Bypassed { dst, errno },
+        Delivery::Delivered => Outcome::Bypassed { dst, errno, install },
         Delivery::CallerGone => Outcome::CallerGone,
     })
 }

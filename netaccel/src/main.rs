@@ -277,14 +277,22 @@ fn render_status(s: &netaccel::api::DaemonStatus) -> String {
     );
     if !s.containers.is_empty() {
         out += &format!(
-            "{:<20} {:>8} {:>11} {:>9} {:>9} {:>6} {:>6} {:>7}\n",
-            "CONTAINER", "PID", "ACCELERATED", "BYPASSED", "PUBLISHED", "KEPT", "FAILED", "REFUSED"
+            "{:<20} {:>8} {:>11} {:>9} {:>9} {:>6} {:>6} {:>7} {:>9}\n",
+            "CONTAINER",
+            "PID",
+            "ACCELERATED",
+            "BYPASSED",
+            "PUBLISHED",
+            "KEPT",
+            "FAILED",
+            "REFUSED",
+            "µs/BYPASS"
         );
     }
     for c in &s.containers {
         let id: String = c.id.chars().take(20).collect();
         out += &format!(
-            "{:<20} {:>8} {:>11} {:>9} {:>9} {:>6} {:>6} {:>7}\n",
+            "{:<20} {:>8} {:>11} {:>9} {:>9} {:>6} {:>6} {:>7} {:>9}\n",
             id,
             c.pid,
             if c.accelerated { "yes" } else { "no" },
@@ -292,7 +300,8 @@ fn render_status(s: &netaccel::api::DaemonStatus) -> String {
             c.published,
             c.kept,
             c.failed,
-            c.refused
+            c.refused,
+            c.bypass_us
         );
     }
     for b in &s.bypasses {

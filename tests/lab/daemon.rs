@@ -118,6 +118,34 @@ impl DaemonProcess {
             .sum()
     }
 
+    /// Mean daemon time per bypassed connect over the containers that have
+    /// exited (weighted by their bypassed connects), and the install part of
+    /// it, in µs, from the daemon's info-level summaries.
+    pub fn bypass_timing_us(&self) -> Option<(f64, f64)> {
+        let field = |l: &str, name: &str| -> Option<f64> {
+            l.split(&format!("{name}="))
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        };
+        let (mut n, mut total, mut install) = (0.0, 0.0, 0.0);
+        for l in self.log_text().lines().filter(|l| l.contains("container exited")) {
+            let (Some(b), Some(t), Some(i)) = (
+                field(l, "bypassed"),
+                field(l, "bypass_us"),
+                field(l, "install_us"),
+            ) else {
+                continue;
+            };
+            n += b;
+            total += b * t;
+            install += b * i;
+        }
+        (n > 0.0).then(|| (total / n, install / n))
+    }
+
     /// True while the daemon process is running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
