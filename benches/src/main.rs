@@ -164,9 +164,9 @@ fn main() -> Result<()> {
     let timing = daemon.bypass_timing_us();
     if let Some((handled, install)) = timing {
         println!(
-            "\nnetaccel daemon per bypassed connect: {handled:.0} µs from notification to answer, \
-             {install:.0} µs of it installing the host socket (ADDFD); the rest of the added \
-             connect latency is the kernel's notification round trip."
+            "\nnetaccel daemon per bypassed connect: {handled:.0} µs from notification to answer \
+             (this includes the host socket's own TCP handshake, which the host path pays in its \
+             connect too), {install:.0} µs of it installing the host socket (ADDFD round trip)."
         );
     }
     println!("\nTargets (issue: netbench):\n{targets}");
