@@ -9,7 +9,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use rootless_lab::container::{Forward, RunOutput, CONTAINER_ADDR};
-use rootless_lab::peer::Server;
 use rootless_lab::{wait_for, workspace_bin, Container, ContainerConfig, DaemonProcess, Lab, PeerHost};
 use serde_json::Value;
 
@@ -256,15 +255,9 @@ fn another_container_reaches_a_published_port_through_a_host_address() {
 fn a_host_listener_cannot_be_turned_towards_host_loopback() {
     let test = "a_host_listener_cannot_be_turned_towards_host_loopback";
     let Some((lab, d)) = setup(test) else { return };
-    let labnet = lab.bin_dir().join("labnet");
-    let mut evil = lab
-        .user_command(&labnet)
-        .args(["serve", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .map(|child| Server { child })
+    let (evil, evil_addr) = lab
+        .labnet_server(&["serve", "127.0.0.1:0"])
         .expect("host loopback server");
-    let evil_addr = evil.listening().expect("listening");
     let out = Container::run(
         &lab,
         config(&lab, &d, &["--publish", "17806:80"]),

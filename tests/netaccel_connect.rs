@@ -71,16 +71,9 @@ fn peer_echo(s: &Setup, port: u16) -> (Server, String) {
 /// An echo server on the host's loopback (where containers must never land
 /// through netaccel), run as the test user; returns it and its address.
 fn host_loopback_server(s: &Setup) -> (Server, String) {
-    let mut server = s
-        .lab
-        .user_command(&s.labnet_host)
-        .args(["serve", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .map(|child| Server { child })
-        .expect("host loopback server");
-    let addr = server.listening().expect("host loopback server listening");
-    (server, addr)
+    s.lab
+        .labnet_server(&["serve", "127.0.0.1:0"])
+        .expect("host loopback server")
 }
 
 /// A listener in the peer whose full accept queue drops SYNs: connects to
@@ -562,12 +555,7 @@ fn udp_connect_is_bypassed_and_ignored_destinations_keep_slirp4netns() {
     let test = "udp_connect_is_bypassed_and_ignored_destinations_keep_slirp4netns";
     let Some(s) = setup(test) else { return };
     let d = daemon(&s.lab, &[]);
-    let labnet = s.labnet_host.to_str().expect("path");
-    let mut echo = s
-        .peer
-        .spawn(labnet, &["udp-echo", &format!("{}:7720", s.peer.addr)])
-        .expect("udp echo");
-    let addr = echo.listening().expect("udp echo listening");
+    let (_echo, addr) = s.peer.udp_echo_server(&s.labnet_host, 7720).expect("udp echo");
     for nonblocking in [false, true] {
         let mut args = vec!["udp-connect", addr.as_str()];
         if nonblocking {
@@ -604,21 +592,11 @@ fn a_bypassed_udp_socket_reconnected_to_host_loopback_never_reaches_it() {
     let test = "a_bypassed_udp_socket_reconnected_to_host_loopback_never_reaches_it";
     let Some(s) = setup(test) else { return };
     let d = daemon(&s.lab, &[]);
-    let labnet = s.labnet_host.to_str().expect("path");
-    let mut good_echo = s
-        .peer
-        .spawn(labnet, &["udp-echo", &format!("{}:7721", s.peer.addr)])
-        .expect("udp echo");
-    let good = good_echo.listening().expect("listening");
-    let mut evil_echo = s
+    let (_good_echo, good) = s.peer.udp_echo_server(&s.labnet_host, 7721).expect("udp echo");
+    let (evil_echo, evil) = s
         .lab
-        .user_command(&s.labnet_host)
-        .args(["udp-echo", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .map(|child| Server { child })
+        .labnet_server(&["udp-echo", "127.0.0.1:0"])
         .expect("host loopback udp server");
-    let evil = evil_echo.listening().expect("listening");
     let r = labnet_in(&s, &d, &[], &["udp-reaim", &good, &evil]);
     assert!(
         r["local_after_good"]

@@ -29,7 +29,8 @@ use std::os::fd::AsFd;
 use rustix::net::{AddressFamily, SocketType};
 
 use crate::connect::{
-    check_socket, is_inet_socket, maybe_host, ConnectContext, Keep, Replacement, SocketFacts, Verdict,
+    check_socket, copy_caller_fd, is_inet_socket, maybe_host, CallerFd, ConnectContext, Keep, Replacement,
+    SocketFacts, Verdict,
 };
 use crate::ifaddrs::NetView;
 use crate::netns::NetnsCookie;
@@ -101,15 +102,10 @@ pub async fn handle(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<Bi
     if tracee::read_memory(n.pid, call.addr_ptr, &mut raw[..call.addr_len]).is_err() {
         return keep(ctx.notify, n, Keep::NotApplicable);
     }
-    let pidfd = tracee::open_thread(n.pid);
-    let Ok(pidfd) = pidfd else {
-        return Ok(BindOutcome::CallerGone);
-    };
-    if !ctx.notify.id_valid(n.id) {
-        return Ok(BindOutcome::CallerGone);
-    }
-    let Ok(orig) = tracee::copy_fd(&pidfd, call.fd) else {
-        return keep(ctx.notify, n, Keep::NotApplicable);
+    let orig = match copy_caller_fd(ctx.notify, n, call.fd) {
+        CallerFd::Copied(fd) => fd,
+        CallerFd::Gone => return Ok(BindOutcome::CallerGone),
+        CallerFd::Failed(_) => return keep(ctx.notify, n, Keep::NotApplicable),
     };
     let facts = match SocketFacts::read(&orig) {
         Ok(f) => f,
@@ -203,15 +199,10 @@ pub async fn handle(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<Bi
 pub fn handle_shutdown(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<BindOutcome> {
     let fd = n.args[0] as u32 as i32;
     let how = n.args[1] as u32 as i32;
-    let Ok(pidfd) = tracee::open_thread(n.pid) else {
-        return Ok(BindOutcome::CallerGone);
-    };
-    if !ctx.notify.id_valid(n.id) {
-        return Ok(BindOutcome::CallerGone);
-    }
-    let orig = match tracee::copy_fd(&pidfd, fd) {
-        Ok(f) => f,
-        Err(e) => {
+    let orig = match copy_caller_fd(ctx.notify, n, fd) {
+        CallerFd::Copied(fd) => fd,
+        CallerFd::Gone => return Ok(BindOutcome::CallerGone),
+        CallerFd::Failed(e) => {
             let errno = e.raw_os_error().unwrap_or(libc::EBADF);
             return answer(ctx.notify, n, errno, BindOutcome::Done { errno });
         }

@@ -251,7 +251,10 @@ pub async fn handle(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<Ou
         return keep(Keep::NotInet);
     };
     let (ignored, to_self) = match ctx.view.read() {
-        Ok(v) => (v.ignore.is_ignored(dst.ip()), v.is_self(dst.ip())),
+        Ok(v) => (
+            check_destination(&dst, &v.ignore) != Verdict::Bypass,
+            v.is_self(dst.ip()),
+        ),
         Err(_) => return keep(Keep::NotApplicable),
     };
     // The container connecting to itself on a port it published through us:
@@ -267,26 +270,18 @@ pub async fn handle(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<Ou
         }
         return keep(Keep::IgnoredDestination);
     }
-    let Ok(pidfd) = tracee::open_thread(n.pid) else {
-        return Ok(Outcome::CallerGone);
-    };
-    // The pidfd is the caller's only while the notification is still live.
-    if !ctx.notify.id_valid(n.id) {
-        return Ok(Outcome::CallerGone);
-    }
-    let Ok(orig) = tracee::copy_fd(&pidfd, call.fd) else {
+    let orig = match copy_caller_fd(ctx.notify, n, call.fd) {
+        CallerFd::Copied(fd) => fd,
+        CallerFd::Gone => return Ok(Outcome::CallerGone),
         // EBADF and the like: the kernel produces the right errno.
-        return keep(Keep::NotApplicable);
+        CallerFd::Failed(_) => return keep(Keep::NotApplicable),
     };
     let facts = match SocketFacts::read(&orig) {
         Ok(f) => f,
         Err(_) => return keep(Keep::NotApplicable),
     };
-    if facts.is_inet() && maybe_host(facts.netns, ctx.host_netns) && !pinned_outwards(&orig) {
-        // A published-port listener, an accepted connection or a loopback
-        // connection the daemon made: connecting it again from the host
-        // could reach anything on host loopback.
-        return refuse(ctx, n, host_socket_errno(&facts));
+    if let Some(errno) = host_socket_refusal(&facts, &orig, ctx.host_netns) {
+        return refuse(ctx, n, errno);
     }
     if let Verdict::Keep(reason) = check_socket(&facts, &dst, ctx.container_netns) {
         return keep(reason);
@@ -433,21 +428,19 @@ async fn disconnect(ctx: &ConnectContext<'_>, n: &Notification, call: SockaddrCa
             Delivery::CallerGone => Outcome::CallerGone,
         })
     };
-    let Ok(pidfd) = tracee::open_thread(n.pid) else {
-        return Ok(Outcome::CallerGone);
+    let orig = match copy_caller_fd(ctx.notify, n, call.fd) {
+        CallerFd::Copied(fd) => fd,
+        CallerFd::Gone => return Ok(Outcome::CallerGone),
+        CallerFd::Failed(e) => return refuse(ctx, n, e.raw_os_error().unwrap_or(libc::EBADF)),
     };
-    if !ctx.notify.id_valid(n.id) {
-        return Ok(Outcome::CallerGone);
-    }
-    let orig = match tracee::copy_fd(&pidfd, call.fd) {
-        Ok(fd) => fd,
-        Err(e) => return refuse(ctx, n, e.raw_os_error().unwrap_or(libc::EBADF)),
+    let Ok(facts) = SocketFacts::read(&orig) else {
+        // Not a socket: the kernel produces the right errno.
+        return keep(Keep::NotInet);
     };
-    let ns = NetnsCookie::of_socket(&orig).ok();
-    if is_inet_socket(&orig) && maybe_host(ns, ctx.host_netns) && !pinned_outwards(&orig) {
+    if host_socket_refusal(&facts, &orig, ctx.host_netns).is_some() {
         return refuse(ctx, n, libc::EOPNOTSUPP);
     }
-    if ns != Some(ctx.container_netns) {
+    if facts.netns != Some(ctx.container_netns) {
         // Not an inet socket of ours or the container's (a unix socket, a
         // nested namespace): nothing of the host is involved.
         return keep(Keep::NotInet);
@@ -470,25 +463,54 @@ fn refuse_on_host_listener(
     n: &Notification,
     fd: i32,
 ) -> Option<io::Result<Outcome>> {
-    let pidfd = tracee::open_thread(n.pid).ok()?;
-    if !ctx.notify.id_valid(n.id) {
-        return Some(Ok(Outcome::CallerGone));
-    }
-    let sock = tracee::copy_fd(&pidfd, fd).ok()?;
+    let sock = match copy_caller_fd(ctx.notify, n, fd) {
+        CallerFd::Copied(fd) => fd,
+        CallerFd::Gone => return Some(Ok(Outcome::CallerGone)),
+        CallerFd::Failed(_) => return None,
+    };
     let facts = SocketFacts::read(&sock).ok()?;
-    if facts.is_inet() && maybe_host(facts.netns, ctx.host_netns) && !pinned_outwards(&sock) {
-        return Some(refuse(ctx, n, host_socket_errno(&facts)));
-    }
-    None
+    let errno = host_socket_refusal(&facts, &sock, ctx.host_netns)?;
+    Some(refuse(ctx, n, errno))
 }
 
-/// What a refused connect on one of our host sockets returns: EISCONN where
-/// the kernel would say so (listening or connected TCP), else EOPNOTSUPP.
-fn host_socket_errno(facts: &SocketFacts) -> i32 {
-    if facts.socket_type == SocketType::STREAM && !facts.closed {
+/// The errno for a connect on `sock` when it is one of our host sockets that
+/// is not pinned outwards (a published-port listener, an accepted or a
+/// loopback connection): connecting it from the host could reach anything
+/// on host loopback. EISCONN where the kernel would say so (listening or
+/// connected TCP), else EOPNOTSUPP; `None` for any other socket.
+fn host_socket_refusal(facts: &SocketFacts, sock: &OwnedFd, host: Option<NetnsCookie>) -> Option<i32> {
+    if !facts.is_inet() || !maybe_host(facts.netns, host) || pinned_outwards(sock) {
+        return None;
+    }
+    Some(if facts.socket_type == SocketType::STREAM && !facts.closed {
         libc::EISCONN
     } else {
         libc::EOPNOTSUPP
+    })
+}
+
+/// The caller's fd, copied while its notification is live.
+pub(crate) enum CallerFd {
+    Copied(OwnedFd),
+    /// The caller died or was interrupted: nothing to answer.
+    Gone,
+    /// `pidfd_getfd` failed (EBADF…).
+    Failed(io::Error),
+}
+
+/// Copies fd `fd` of the notification's caller. The pidfd is the caller's
+/// only while the notification is still live, hence the `ID_VALID` check
+/// between opening it and using it.
+pub(crate) fn copy_caller_fd(notify: &NotifyFd, n: &Notification, fd: i32) -> CallerFd {
+    let Ok(pidfd) = tracee::open_thread(n.pid) else {
+        return CallerFd::Gone;
+    };
+    if !notify.id_valid(n.id) {
+        return CallerFd::Gone;
+    }
+    match tracee::copy_fd(&pidfd, fd) {
+        Ok(copy) => CallerFd::Copied(copy),
+        Err(e) => CallerFd::Failed(e),
     }
 }
 

@@ -95,10 +95,7 @@ impl DaemonProcess {
 
     /// Log lines that report a bypassed connect to `dst`.
     pub fn bypassed_to(&self, dst: &str) -> usize {
-        self.log_text()
-            .lines()
-            .filter(|l| l.contains("connect bypassed to host socket") && l.contains(&format!("dst={dst}")))
-            .count()
+        self.count_log("connect bypassed to host socket", &[&format!("dst={dst}")])
     }
 
     /// Connects bypassed by containers that have exited, from the daemon's
@@ -107,14 +104,7 @@ impl DaemonProcess {
         self.log_text()
             .lines()
             .filter(|l| l.contains("container exited"))
-            .filter_map(|l| {
-                l.split("bypassed=")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
-            })
+            .filter_map(|l| log_field::<u64>(l, "bypassed"))
             .sum()
     }
 
@@ -122,20 +112,12 @@ impl DaemonProcess {
     /// exited (weighted by their bypassed connects), and the install part of
     /// it, in µs, from the daemon's info-level summaries.
     pub fn bypass_timing_us(&self) -> Option<(f64, f64)> {
-        let field = |l: &str, name: &str| -> Option<f64> {
-            l.split(&format!("{name}="))
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        };
         let (mut n, mut total, mut install) = (0.0, 0.0, 0.0);
         for l in self.log_text().lines().filter(|l| l.contains("container exited")) {
             let (Some(b), Some(t), Some(i)) = (
-                field(l, "bypassed"),
-                field(l, "bypass_us"),
-                field(l, "install_us"),
+                log_field::<f64>(l, "bypassed"),
+                log_field::<f64>(l, "bypass_us"),
+                log_field::<f64>(l, "install_us"),
             ) else {
                 continue;
             };
@@ -150,6 +132,16 @@ impl DaemonProcess {
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+}
+
+/// The value after ` NAME=` in a daemon log line.
+fn log_field<T: std::str::FromStr>(line: &str, name: &str) -> Option<T> {
+    line.split(&format!(" {name}="))
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 impl Drop for DaemonProcess {

@@ -110,6 +110,21 @@ impl Lab {
         Ok(dst)
     }
 
+    /// A labnet server (`serve ADDR`, `udp-echo ADDR`…) on the host, run as
+    /// the test user from [`Lab::bin_dir`]; returns it and the address it
+    /// printed. Killed when dropped.
+    pub fn labnet_server(&self, args: &[&str]) -> Result<(peer::Server, String)> {
+        let mut server = self
+            .user_command(self.bin_dir().join("labnet"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map(|child| peer::Server { child })
+            .with_context(|| format!("starting labnet {args:?} on the host"))?;
+        let addr = server.listening()?;
+        Ok((server, addr))
+    }
+
     /// A command that runs as the test user, with a clean environment.
     pub fn user_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new(program);

@@ -143,8 +143,17 @@ impl PeerHost {
 impl PeerHost {
     /// labnet's echo server on `port` of the peer; returns it and its address.
     pub fn echo_server(&self, labnet: &std::path::Path, port: u16) -> Result<(Server, String)> {
+        self.labnet_server(labnet, "serve", port)
+    }
+
+    /// labnet's UDP echo server on `port` of the peer; returns it and its address.
+    pub fn udp_echo_server(&self, labnet: &std::path::Path, port: u16) -> Result<(Server, String)> {
+        self.labnet_server(labnet, "udp-echo", port)
+    }
+
+    fn labnet_server(&self, labnet: &std::path::Path, command: &str, port: u16) -> Result<(Server, String)> {
         let labnet = labnet.to_str().context("labnet path is not UTF-8")?;
-        let mut server = self.spawn(labnet, &["serve", &format!("{}:{port}", self.addr)])?;
+        let mut server = self.spawn(labnet, &[command, &format!("{}:{port}", self.addr)])?;
         let addr = server.listening()?;
         Ok((server, addr))
     }
