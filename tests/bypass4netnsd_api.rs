@@ -206,10 +206,8 @@ fn port_mappings_posted_by_nerdctl_publish_through_host_listeners() {
         &["/lab/labnet", "serve", "0.0.0.0:80", "--count", "1"],
     )
     .expect("container starts");
-    rootless_lab::wait_for("the container's server", Duration::from_secs(15), || {
-        c.stdout_so_far().contains("listening").then_some(())
-    })
-    .expect("listening");
+    c.wait_for_line("listening", Duration::from_secs(15))
+        .expect("listening");
     let mut conn =
         std::net::TcpStream::connect("127.0.0.1:17820").expect("host connects to the published port");
     conn.write_all(b"through the host listener").expect("send");

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use rootless_lab::container::{Forward, RunOutput, CONTAINER_ADDR};
-use rootless_lab::{wait_for, workspace_bin, Container, ContainerConfig, DaemonProcess, Lab, PeerHost};
+use rootless_lab::{workspace_bin, Container, ContainerConfig, DaemonProcess, Lab, PeerHost};
 use serde_json::Value;
 
 const EOPNOTSUPP: i64 = 95;
@@ -72,17 +72,9 @@ fn served_peer(out: &RunOutput, i: usize) -> String {
 
 /// Waits until the container's labnet server printed its listening line.
 fn wait_listening(c: &Container<'_>) -> String {
-    let line = wait_for(
-        "the container's server to listen",
-        Duration::from_secs(15),
-        || {
-            c.stdout_so_far()
-                .lines()
-                .find(|l| l.contains("listening"))
-                .map(str::to_owned)
-        },
-    )
-    .expect("server listening");
+    let line = c
+        .wait_for_line("listening", Duration::from_secs(15))
+        .expect("server listening");
     let v: Value = serde_json::from_str(&line).expect("listening JSON");
     v["listening"].as_str().unwrap_or_default().to_owned()
 }

@@ -122,12 +122,7 @@ impl NetPath {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let container = Container::start(lab, config, &argv)
             .with_context(|| format!("inbound iperf3 server on {}", self.name()))?;
-        rootless_lab::wait_for("the container's iperf3 server", Duration::from_secs(15), || {
-            container
-                .stdout_so_far()
-                .contains("Server listening")
-                .then_some(())
-        })?;
+        container.wait_for_line("Server listening", Duration::from_secs(15))?;
         Ok(InboundServer::Container {
             _container: container,
         })

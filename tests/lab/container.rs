@@ -277,9 +277,17 @@ impl<'a> Container<'a> {
         cmd
     }
 
-    /// What the container's process has printed so far.
-    pub fn stdout_so_far(&self) -> String {
-        std::fs::read_to_string(self.bundle.join("stdout")).unwrap_or_default()
+    /// Waits until the container's process prints a line containing
+    /// `marker` (a server saying it listens) and returns that line.
+    pub fn wait_for_line(&self, marker: &str, timeout: Duration) -> Result<String> {
+        let stdout = self.bundle.join("stdout");
+        wait_for(&format!("{marker:?} from container {}", self.id), timeout, || {
+            std::fs::read_to_string(&stdout)
+                .ok()?
+                .lines()
+                .find(|l| l.contains(marker))
+                .map(str::to_owned)
+        })
     }
 
     /// Waits until the container's process exits and returns its output.
