@@ -418,6 +418,15 @@ fn u7s_up_accel_puts_the_node_on_the_fast_path() {
         .http_blob(&lab.path().join("www"), 7802, 1_000_000)
         .expect("httpd in the peer");
 
+    // Tenant 4's shifted ports (42379, 46443, 50250, 48472) lie in the
+    // kernel's ephemeral range, where any outgoing connection of the
+    // parallel tests can hold one for a moment; `up` then rightly refuses.
+    // Explicit ports below that range keep the test deterministic.
+    let ports = "PORT_ETCD=23379\nPORT_KUBE_APISERVER=23443\nPORT_KUBELET=23250\nPORT_FLANNEL=23472\n";
+    let env_file = u.work.join("u7s.env");
+    std::fs::write(&env_file, ports).expect("u7s.env");
+    lab.chown(&env_file).expect("chown u7s.env");
+
     // u7s starts the daemon itself (none is running yet).
     let out = u.ok(&["--tenant", "4", "up", "--accel"], &[]);
     assert!(
@@ -427,6 +436,10 @@ fn u7s_up_accel_puts_the_node_on_the_fast_path() {
     assert!(out.contains("fast path on"), "{out}");
     let node = inspect(&docker, "u7s-t4-node").expect("node");
     assert_eq!(node["HostConfig"]["Runtime"], "netaccel");
+    assert_eq!(
+        node["HostConfig"]["PortBindings"]["23250/tcp"][0]["HostPort"], "23250",
+        "ports from u7s.env"
+    );
     let env = env_of(&node);
     assert!(
         env.iter()
