@@ -20,7 +20,7 @@ use netaccel::connect::{self, ConnectContext, Outcome};
 use netaccel::ifaddrs::NetView;
 use netaccel::ignore::IgnoreList;
 use netaccel::netns::NetnsCookie;
-use netaccel::notify::NotifyFd;
+use netaccel::notify::{NotifyFd, Readiness};
 use netaccel::publish::Listeners;
 use netaccel::route::Routes;
 use netaccel::sockopts::HostDefaults;
@@ -80,6 +80,10 @@ impl Caller {
             }
         });
         let notify = NotifyFd::new(rx.recv().expect("notify fd")).expect("notify fd");
+        // As the daemon does: the caller is woken on the answering CPU.
+        if let Err(e) = notify.enable_sync_wake_up() {
+            eprintln!("synchronous wake-up unavailable ({e}); the cycle costs more than in the daemon");
+        }
         Caller { stop, notify }
     }
 }
@@ -116,6 +120,14 @@ fn notification_cycle(c: &mut Criterion, name: &str, dst: SocketAddrV4, expect_b
         listeners: &listeners,
     };
     let mut handle_one = || {
+        // Received as the daemon receives: a poll(2) wait, then RECV.
+        loop {
+            match ctx.notify.wait().expect("wait on notify fd") {
+                Readiness::Notification => break,
+                Readiness::Interrupted => {}
+                Readiness::Hangup => panic!("the caller thread is gone"),
+            }
+        }
         let n = ctx.notify.recv().expect("notification");
         rt.block_on(connect::handle(&ctx, &n)).expect("handled")
     };

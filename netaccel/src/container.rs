@@ -1,20 +1,21 @@
 //! Serving the notify fd of one container (or one `runc exec` process).
 //!
-//! One receive loop per notify fd; every notification is handled in its own
-//! task, so a slow connect never stalls other threads of the same container.
-//! The loop ends when the kernel reports that no process uses the filter any
-//! more (POLLHUP), and everything it owns goes with it.
+//! One receiving thread per notify fd, which handles what it receives (see
+//! `Container::serve` for why a thread); a handler that has to wait moves to
+//! the async runtime, so a slow connect never stalls other threads of the same
+//! container. The loop ends when the kernel reports that no process uses the
+//! filter any more (POLLHUP), and everything it owns goes with it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use tokio::io::unix::AsyncFd;
+use std::future::Future;
 
 use crate::bind::{self, BindOutcome};
 use crate::connect::{self, ConnectContext, Outcome};
 use crate::ifaddrs::{NetView, SubnetWatch};
 use crate::netns::NetnsCookie;
-use crate::notify::{Notification, NotifyFd};
+use crate::notify::{Notification, NotifyFd, Readiness};
 use crate::publish::{Listeners, PortMapping};
 use crate::route::Routes;
 use crate::sockopts::HostDefaults;
@@ -139,63 +140,91 @@ pub struct ContainerStatus {
 
 impl Container {
     /// Serves until the last process using the filter is gone.
+    ///
+    /// The notify fd is waited on by a thread of its own, in poll(2), not by
+    /// the async runtime's epoll: with `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`
+    /// the kernel then switches from the caller straight to that thread on
+    /// the caller's CPU and back, instead of waking another (on a VM, often
+    /// halted) CPU twice per syscall. Notifications are handled on that
+    /// thread; one that has to wait (a route lookup, a loopback backlog)
+    /// moves to the runtime, so it never stalls the container's other calls.
     pub async fn serve(self: Arc<Self>) {
-        let id = self.id.clone();
-        let container = self;
-        // SAFETY: the Container owns its NotifyFd, which stays open and keeps
-        // its number for as long as any Arc (including the AsyncFd's) lives.
-        let registered =
-            unsafe { AsyncFd::register_with_interest(container.clone(), tokio::io::Interest::READABLE) };
-        let afd = match registered.map_err(|e| e.into_parts().1) {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::error!(container = %id, error = %e, "cannot poll notify fd; container syscalls will fail with ENOSYS");
-                return;
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Handle::current();
+        let container = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("netaccel-{}", self.serial))
+            .spawn(move || {
+                container.receive_loop(&runtime);
+                drop(done_tx);
+            });
+        match spawned {
+            // Err: the thread ended without a word (it cannot; but the
+            // container is gone for us either way).
+            Ok(_) => {
+                let _ = done_rx.await;
             }
-        };
+            Err(e) => {
+                tracing::error!(container = %self.id, error = %e, "cannot start a thread for the notify fd; container syscalls will fail with ENOSYS");
+            }
+        }
+    }
+
+    fn receive_loop(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+        // Handlers create timers and sockets of the daemon's runtime.
+        let _context = runtime.enter();
         loop {
-            let mut guard = match afd.readable().await {
-                Ok(g) => g,
-                Err(e) => {
-                    tracing::error!(container = %id, error = %e, "polling notify fd failed");
-                    return;
-                }
-            };
-            loop {
-                match pending(&container.notify) {
-                    Pending::Notification => match container.notify.recv() {
-                        Ok(n) => {
-                            let c = container.clone();
-                            tokio::spawn(async move { c.handle(n).await });
-                        }
-                        // The caller vanished between poll and receive.
-                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                        Err(e) => {
-                            tracing::error!(container = %id, error = %e, "receiving notification failed");
-                            return;
-                        }
-                    },
-                    Pending::Hangup => {
-                        let c = &container.counters;
-                        tracing::info!(
-                            container = %id,
-                            bypassed = c.bypassed.load(Ordering::Relaxed),
-                            kept = c.kept.load(Ordering::Relaxed),
-                            failed = c.failed.load(Ordering::Relaxed),
-                            published = c.published.load(Ordering::Relaxed),
-                            refused = c.refused.load(Ordering::Relaxed),
-                            bypass_us = c.bypass_us().0,
-                            install_us = c.bypass_us().1,
-                            "container exited; stopped serving it"
-                        );
+            match self.notify.wait() {
+                Ok(Readiness::Notification) => match self.notify.recv() {
+                    Ok(n) => self.dispatch(n, runtime),
+                    // The caller vanished between poll and receive.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                    Err(e) => {
+                        tracing::error!(container = %self.id, error = %e, "receiving notification failed");
                         return;
                     }
-                    Pending::Nothing => {
-                        guard.clear_ready();
-                        break;
-                    }
+                },
+                Ok(Readiness::Hangup) => {
+                    let c = &self.counters;
+                    tracing::info!(
+                        container = %self.id,
+                        bypassed = c.bypassed.load(Ordering::Relaxed),
+                        kept = c.kept.load(Ordering::Relaxed),
+                        failed = c.failed.load(Ordering::Relaxed),
+                        published = c.published.load(Ordering::Relaxed),
+                        refused = c.refused.load(Ordering::Relaxed),
+                        bypass_us = c.bypass_us().0,
+                        install_us = c.bypass_us().1,
+                        "container exited; stopped serving it"
+                    );
+                    return;
+                }
+                Ok(Readiness::Interrupted) => {}
+                Err(e) => {
+                    tracing::error!(container = %self.id, error = %e, "waiting on the notify fd failed; container syscalls will fail with ENOSYS");
+                    return;
                 }
             }
+        }
+    }
+
+    /// Runs the handler of `n` here until it finishes or has to wait; in the
+    /// second case the runtime finishes it.
+    fn dispatch(self: &Arc<Self>, n: Notification, runtime: &tokio::runtime::Handle) {
+        let c = self.clone();
+        let mut task = Box::pin(async move { c.handle(n).await });
+        // A panicking handler has already answered through its AnswerGuard;
+        // the loop goes on serving the container.
+        let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            task.as_mut()
+                .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        }));
+        match first {
+            // The runtime polls it again at once, with a real waker, so a
+            // wake-up sent to the no-op one is not lost.
+            Ok(std::task::Poll::Pending) => drop(runtime.spawn(task)),
+            Ok(std::task::Poll::Ready(())) => {}
+            Err(_) => tracing::error!(container = %self.id, pid = n.pid, "notification handler panicked"),
         }
     }
 
@@ -354,40 +383,5 @@ impl Drop for AnswerGuard<'_> {
         if self.armed {
             let _ = self.notify.answer_continue(self.id);
         }
-    }
-}
-
-impl std::os::fd::AsRawFd for Container {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.notify.as_raw_fd()
-    }
-}
-
-enum Pending {
-    Notification,
-    Hangup,
-    Nothing,
-}
-
-fn pending(notify: &NotifyFd) -> Pending {
-    use rustix::event::{poll, PollFd, PollFlags, Timespec};
-    let mut fds = [PollFd::new(notify, PollFlags::IN)];
-    let zero = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    match poll(&mut fds, Some(&zero)) {
-        Ok(0) => Pending::Nothing,
-        Ok(_) => {
-            let ev = fds[0].revents();
-            if ev.contains(PollFlags::IN) {
-                Pending::Notification
-            } else if ev.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL) {
-                Pending::Hangup
-            } else {
-                Pending::Nothing
-            }
-        }
-        Err(_) => Pending::Nothing,
     }
 }

@@ -35,6 +35,17 @@ pub enum Delivery {
     CallerGone,
 }
 
+/// What waiting on a notify fd ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// A notification can be received.
+    Notification,
+    /// No process uses the filter any more: nothing will ever arrive.
+    Hangup,
+    /// A signal interrupted the wait: wait again.
+    Interrupted,
+}
+
 /// A listener fd returned by `SECCOMP_FILTER_FLAG_NEW_LISTENER`.
 #[derive(Debug)]
 pub struct NotifyFd {
@@ -75,6 +86,29 @@ impl NotifyFd {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+
+    /// Blocks in poll(2) until a notification is pending or the last user of
+    /// the filter is gone. A thread waiting here, rather than in an epoll
+    /// set, is what `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` wakes on the
+    /// caller's own CPU: epoll passes the wake-up on without that flag.
+    pub fn wait(&self) -> io::Result<Readiness> {
+        use rustix::event::{poll, PollFd, PollFlags};
+        let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
+        match poll(&mut fds, None) {
+            Ok(_) => {
+                let ev = fds[0].revents();
+                if ev.contains(PollFlags::IN) {
+                    Ok(Readiness::Notification)
+                } else if ev.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL) {
+                    Ok(Readiness::Hangup)
+                } else {
+                    Ok(Readiness::Interrupted)
+                }
+            }
+            Err(rustix::io::Errno::INTR) => Ok(Readiness::Interrupted),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Receives one pending notification. Call only after poll reported POLLIN:
