@@ -379,6 +379,12 @@ fn a_container_killed_during_a_pending_connect_leaves_the_daemon_serving() {
     let stuck = Container::start(&s.lab, config, &["/lab/labnet", "connect", "--blocking", &slow])
         .expect("container");
     let (_server, addr) = peer_echo(&s, 7712);
+    rootless_lab::wait_for(
+        "the stuck container's serving thread",
+        Duration::from_secs(10),
+        || (d.serving_threads().expect("daemon threads") == 1).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}; daemon log:\n{}", d.log_text()));
     // Another container is served while that connect is pending.
     let r = labnet_in(&s, &d, &[], &["connect", &addr]);
     assert_eq!(r["echo_intact"], true, "{r}");
@@ -400,6 +406,11 @@ fn a_container_killed_during_a_pending_connect_leaves_the_daemon_serving() {
     let r = labnet_in(&s, &d, &[], &["connect", &addr]);
     assert_eq!(r["echo_intact"], true, "{r}");
     assert_eq!(d.bypassed_to(&addr), 2);
+    // Every container's thread ends with it: none is left behind.
+    rootless_lab::wait_for("the serving threads to end", Duration::from_secs(10), || {
+        (d.serving_threads().expect("daemon threads") == 0).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}; daemon log:\n{}", d.log_text()));
 }
 
 #[test]

@@ -132,6 +132,21 @@ impl DaemonProcess {
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// How many of the daemon's threads serve a notify fd (named
+    /// `netaccel-N`, one per registered container or exec'd process).
+    pub fn serving_threads(&self) -> Result<usize> {
+        let tasks = PathBuf::from(format!("/proc/{}/task", self.child.id()));
+        let mut n = 0;
+        for task in std::fs::read_dir(&tasks).with_context(|| format!("listing {}", tasks.display()))? {
+            // A thread that ended between listing and reading is not serving.
+            let comm = std::fs::read_to_string(task?.path().join("comm")).unwrap_or_default();
+            if comm.starts_with("netaccel-") {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// The value after ` NAME=` in a daemon log line.
