@@ -12,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 use rootless_lab::docker::{RootlessDocker, DOCKER_CLI};
 use std::time::Duration;
 
-use rootless_lab::{wait_for, workspace_bin, Lab, PeerHost};
+use rootless_lab::{output_text, wait_for, workspace_bin, Lab, PeerHost};
 use serde_json::Value;
 
 const BASE: &str = "lab/busybox:1";
@@ -51,19 +51,11 @@ impl U7s<'_> {
     /// Runs and requires success; returns stdout and stderr together.
     fn ok(&self, args: &[&str], env: &[(&str, &str)]) -> String {
         let o = self.run(args, env);
-        let t = text(&o);
+        let t = output_text(&o);
         assert!(o.status.success(), "u7s {args:?} failed: {t}");
         assert!(!t.contains("panicked"), "{t}");
         t
     }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// The node's own service: like kubelet under the node's init, it runs as
@@ -250,13 +242,13 @@ fn u7s_runs_nodes_on_rootless_docker() {
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("got:hello"),
         "{}",
-        text(&o)
+        output_text(&o)
     );
 
     // kubeadm-init writes its config into the node, then stops cleanly at
     // the boundary of this machine: the test node has no kubeadm.
     let o = u.run(&["kubeadm-init"], &[]);
-    let t = text(&o);
+    let t = output_text(&o);
     assert!(
         !o.status.success() && t.contains("kubeadm init --config /etc/u7s/kubeadm-config.yaml"),
         "{t}"
@@ -295,9 +287,9 @@ fn u7s_runs_nodes_on_rootless_docker() {
     assert!(u.ok(&["logs", "--console"], &[]).contains("u7s-test-node up"));
     let o = u.run(&["logs"], &[]);
     assert!(
-        !o.status.success() && text(&o).contains("--console"),
+        !o.status.success() && output_text(&o).contains("--console"),
         "{}",
-        text(&o)
+        output_text(&o)
     );
 
     // up again is a no-op; status reports the node.
@@ -338,7 +330,7 @@ fn u7s_runs_nodes_on_rootless_docker() {
     assert!(inspect(&docker, "u7s-node").expect("first node")["State"]["Running"] == true);
     // A port clash is found before anything is created.
     let o = u.run(&["--tenant", "2", "--port-kube-apiserver", "6443", "up"], &[]);
-    let t = text(&o);
+    let t = output_text(&o);
     assert!(
         !o.status.success() && t.contains("already in use") && t.contains("--tenant"),
         "{t}"
@@ -360,7 +352,7 @@ fn u7s_runs_nodes_on_rootless_docker() {
         .trim()
         .to_owned();
     let o = u.run(&["--tenant", "3", "--node-subnet", &subnet, "up"], &[]);
-    let t = text(&o);
+    let t = output_text(&o);
     assert!(
         !o.status.success() && t.contains("collides") && t.contains("NODE_SUBNET"),
         "{t}"
@@ -370,7 +362,11 @@ fn u7s_runs_nodes_on_rootless_docker() {
     u.ok(&["down", "-v"], &[]);
     u.ok(&["up"], &[]);
     let o = u.run(&["shell", "--", "cat", "/var/u7s-state"], &[]);
-    assert!(!o.status.success(), "down -v wiped the state: {}", text(&o));
+    assert!(
+        !o.status.success(),
+        "down -v wiped the state: {}",
+        output_text(&o)
+    );
     u.ok(&["down", "-v"], &[]);
     let vols = docker
         .docker(&["volume", "ls", "--format", "{{.Name}}"])
@@ -464,7 +460,7 @@ fn u7s_up_accel_puts_the_node_on_the_fast_path() {
     );
     let got = wait_for("the node's fetch", Duration::from_secs(30), || {
         let o = u.run(&["--tenant", "4", "shell", "--", "cat", "/tmp/fetched"], &[]);
-        o.status.success().then(|| text(&o))
+        o.status.success().then(|| output_text(&o))
     })
     .expect("the node fetched the blob");
     assert!(got.contains(&expected), "{got}");
@@ -481,9 +477,9 @@ fn u7s_up_accel_puts_the_node_on_the_fast_path() {
     // Switching the fast path needs a new container; u7s says so.
     let o = u.run(&["--tenant", "4", "up"], &[]);
     assert!(
-        !o.status.success() && text(&o).contains("`u7s down` first"),
+        !o.status.success() && output_text(&o).contains("`u7s down` first"),
         "{}",
-        text(&o)
+        output_text(&o)
     );
     u.ok(&["--tenant", "4", "down", "-v"], &[]);
 

@@ -2,6 +2,7 @@
 //! its guards and travel in listenerMetadata; bad mappings are refused with
 //! the reason and the expected syntax.
 
+use rootless_lab::output_text;
 use std::process::{Command, Output};
 
 const NETACCEL: &str = env!("CARGO_BIN_EXE_netaccel");
@@ -14,18 +15,10 @@ fn profile(args: &[&str]) -> Output {
         .expect("run netaccel profile")
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 #[test]
 fn published_ports_add_bind_and_its_guards() {
     let out = profile(&["-p", "8080:80", "--publish", "127.0.0.1:8053:53/udp"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let names: Vec<&str> = v["syscalls"]
         .as_array()
@@ -49,15 +42,23 @@ fn published_ports_add_bind_and_its_guards() {
 #[test]
 fn bad_mappings_are_refused_with_the_reason() {
     let out = profile(&["-p", "80"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("a host port is required"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(
-        text(&out).contains("[hostIP:]hostPort:containerPort"),
+        output_text(&out).contains("a host port is required"),
         "{}",
-        text(&out)
+        output_text(&out)
+    );
+    assert!(
+        output_text(&out).contains("[hostIP:]hostPort:containerPort"),
+        "{}",
+        output_text(&out)
     );
 
     let out = profile(&["-p", "8080:80", "-p", "8081:80"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("published twice"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("published twice"),
+        "{}",
+        output_text(&out)
+    );
 }

@@ -2,9 +2,10 @@
 //! for everything but create/run, a merged profile for those, and a refusal
 //! (with the bundle untouched) when the engine's profile cannot be merged.
 
+use rootless_lab::output_text;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 const NETACCEL: &str = env!("CARGO_BIN_EXE_netaccel");
 
@@ -22,21 +23,13 @@ fn config_of(bundle: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(bundle.join("config.json")).expect("read")).expect("json")
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 #[test]
 fn other_subcommands_pass_through_untouched() {
     let out = Command::new(NETACCEL)
         .args(["runtime", "--", "echo", "--root", "/r", "state", "c1"])
         .output()
         .expect("run");
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "--root /r state c1\n");
 }
 
@@ -57,7 +50,7 @@ fn create_merges_the_profile_then_runs_the_runtime() {
         .arg("c1")
         .output()
         .expect("run");
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).starts_with("create --bundle"),
         "runtime not executed"
@@ -80,8 +73,16 @@ fn an_unmergeable_profile_is_refused_and_left_as_it_was() {
         .output()
         .expect("run");
     assert!(!out.status.success());
-    assert!(text(&out).contains("/run/other.sock"), "{}", text(&out));
-    assert!(out.stdout.is_empty(), "the runtime ran anyway: {}", text(&out));
+    assert!(
+        output_text(&out).contains("/run/other.sock"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "the runtime ran anyway: {}",
+        output_text(&out)
+    );
     assert_eq!(
         std::fs::read(bundle.path().join("config.json")).expect("read"),
         before
@@ -106,7 +107,7 @@ fn the_netaccel_runc_link_wraps_runc_from_path() {
         .env("NETACCEL_IGNORE", "10.244.0.0/16, 10.96.0.0/16")
         .output()
         .expect("run");
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("fake runc: --root /r create --bundle"));
     let seccomp = &config_of(bundle.path())["linux"]["seccomp"];
     assert_eq!(seccomp["listenerPath"], "/run/y.sock");
@@ -123,5 +124,9 @@ fn the_netaccel_runc_link_wraps_runc_from_path() {
         .output()
         .expect("run");
     assert!(!bad.status.success());
-    assert!(text(&bad).contains("NETACCEL_IGNORE"), "{}", text(&bad));
+    assert!(
+        output_text(&bad).contains("NETACCEL_IGNORE"),
+        "{}",
+        output_text(&bad)
+    );
 }

@@ -158,6 +158,15 @@ pub fn workspace_bin(name: &str) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// A finished command's stdout followed by its stderr, for assertion messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Runs a command and returns its stdout, failing with its stderr.
 pub fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
