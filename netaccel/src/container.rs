@@ -159,8 +159,9 @@ impl Container {
                 drop(done_tx);
             });
         match spawned {
-            // Err: the thread ended without a word (it cannot; but the
-            // container is gone for us either way).
+            // Nothing is ever sent: the receiver wakes (with Err) when the
+            // thread drops its sender, which it does when its loop ends or
+            // unwinds.
             Ok(_) => {
                 let _ = done_rx.await;
             }
