@@ -100,6 +100,7 @@ impl Container {
     /// What `netaccel status` shows about it.
     pub fn status(&self) -> ContainerStatus {
         let c = &self.counters;
+        let (bypass_us, install_us) = c.bypass_us();
         ContainerStatus {
             id: self.id.clone(),
             pid: self.pid,
@@ -109,8 +110,8 @@ impl Container {
             failed: c.failed.load(Ordering::Relaxed),
             published: c.published.load(Ordering::Relaxed),
             refused: c.refused.load(Ordering::Relaxed),
-            bypass_us: c.bypass_us().0,
-            install_us: c.bypass_us().1,
+            bypass_us,
+            install_us,
         }
     }
 }
@@ -186,16 +187,16 @@ impl Container {
                     }
                 },
                 Ok(Readiness::Hangup) => {
-                    let c = &self.counters;
+                    let s = self.status();
                     tracing::info!(
                         container = %self.id,
-                        bypassed = c.bypassed.load(Ordering::Relaxed),
-                        kept = c.kept.load(Ordering::Relaxed),
-                        failed = c.failed.load(Ordering::Relaxed),
-                        published = c.published.load(Ordering::Relaxed),
-                        refused = c.refused.load(Ordering::Relaxed),
-                        bypass_us = c.bypass_us().0,
-                        install_us = c.bypass_us().1,
+                        bypassed = s.bypassed,
+                        kept = s.kept,
+                        failed = s.failed,
+                        published = s.published,
+                        refused = s.refused,
+                        bypass_us = s.bypass_us,
+                        install_us = s.install_us,
                         "container exited; stopped serving it"
                     );
                     return;
