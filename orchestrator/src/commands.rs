@@ -136,9 +136,16 @@ pub async fn up(ctx: &Context, with_accel: bool, rebuild: bool) -> Result<i32> {
     }
 
     // Checks before anything is created, so a refusal leaves nothing behind.
+    let ephemeral = hostnet::EphemeralPorts::read();
     let taken = hostnet::taken_ports(&c.ports);
     if !taken.is_empty() {
-        bail!(hostnet::explain_taken(&taken));
+        bail!(hostnet::explain_taken(&taken, ephemeral.as_ref()));
+    }
+    if let Some(e) = &ephemeral {
+        let exposed = e.exposed(&c.ports);
+        if !exposed.is_empty() {
+            eprintln!("warning: {}", e.explain(&exposed));
+        }
     }
     let ours = Names::network(&c.project);
     let mut network_exists = false;
@@ -472,6 +479,10 @@ pub async fn doctor(
                     .is_some_and(|i| i.running),
                 Err(_) => false,
             };
+            facts.ephemeral = hostnet::EphemeralPorts::read().map(|r| {
+                let exposed = r.exposed(&c.ports);
+                (r, exposed)
+            });
             if !running {
                 facts.taken_ports = hostnet::taken_ports(&c.ports)
                     .iter()

@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use crate::hostnet::EphemeralPorts;
+
 /// How much a failed check matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
@@ -43,6 +45,8 @@ pub struct HostFacts {
     pub engine: Option<Result<EngineFacts, String>>,
     /// Published ports held by something else.
     pub taken_ports: Vec<String>,
+    /// The kernel's ephemeral port range, and the published ports inside it.
+    pub ephemeral: Option<(EphemeralPorts, Vec<(&'static str, u16)>)>,
     /// Whether the engine knows the wrapper runtime (for `--accel`).
     pub accel_runtime: Option<Result<(), String>>,
     /// Where the netaccel binary is.
@@ -304,6 +308,21 @@ pub fn evaluate(f: &HostFacts, accel: bool) -> Vec<Finding> {
             },
         );
     }
+    if let Some((range, exposed)) = &f.ephemeral {
+        push(
+            "port range",
+            exposed.is_empty(),
+            Severity::Warning,
+            if exposed.is_empty() {
+                format!(
+                    "the node's ports lie outside the ephemeral range {}-{}",
+                    range.low, range.high
+                )
+            } else {
+                range.explain(exposed)
+            },
+        );
+    }
     if accel {
         push(
             "netaccel",
@@ -352,6 +371,7 @@ mod tests {
                 rootless: true,
             })),
             taken_ports: Vec::new(),
+            ephemeral: EphemeralPorts::parse("32768 60999", "").map(|r| (r, Vec::new())),
             accel_runtime: Some(Ok(())),
             netaccel: Some("/usr/local/bin/netaccel".into()),
             config_error: None,
@@ -472,6 +492,14 @@ mod tests {
                     ..good()
                 },
                 "rp_filter=2",
+            ),
+            (
+                HostFacts {
+                    ephemeral: EphemeralPorts::parse("32768 60999", "")
+                        .map(|r| (r, vec![("PORT_KUBELET", 50250)])),
+                    ..good()
+                },
+                "ip_local_reserved_ports=50250",
             ),
             (
                 HostFacts {

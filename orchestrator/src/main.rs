@@ -56,7 +56,8 @@ pub struct Settings {
     #[arg(long, global = true, value_name = "PORT")]
     pub port_kube_apiserver: Option<String>,
     /// Run instance N (1-5) beside others on this host: every port +N×10000,
-    /// its own names and subnet (U7S_TENANT) [default: 0].
+    /// its own names and subnet (U7S_TENANT) [default: 0]. Ports of tenants
+    /// 3-5 fall in the kernel's usual ephemeral range (`u7s doctor` checks).
     #[arg(long, global = true, value_name = "N")]
     pub tenant: Option<String>,
     /// Use this image as the node instead of building one (U7S_NODE_IMAGE).
