@@ -102,7 +102,7 @@ pub async fn handle(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<Bi
     if tracee::read_memory(n.pid, call.addr_ptr, &mut raw[..call.addr_len]).is_err() {
         return keep(ctx.notify, n, Keep::NotApplicable);
     }
-    let orig = match copy_caller_fd(ctx.notify, n, call.fd) {
+    let orig = match copy_caller_fd(ctx, n, call.fd) {
         CallerFd::Copied(fd) => fd,
         CallerFd::Gone => return Ok(BindOutcome::CallerGone),
         CallerFd::Failed(_) => return keep(ctx.notify, n, Keep::NotApplicable),
@@ -199,7 +199,7 @@ pub async fn handle(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<Bi
 pub fn handle_shutdown(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<BindOutcome> {
     let fd = n.args[0] as u32 as i32;
     let how = n.args[1] as u32 as i32;
-    let orig = match copy_caller_fd(ctx.notify, n, fd) {
+    let orig = match copy_caller_fd(ctx, n, fd) {
         CallerFd::Copied(fd) => fd,
         CallerFd::Gone => return Ok(BindOutcome::CallerGone),
         CallerFd::Failed(e) => {

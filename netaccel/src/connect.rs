@@ -22,7 +22,7 @@ use crate::publish::{self, Listeners, PortMapping, Proto};
 use crate::route::{pin_to_interface, Egress, Routes};
 use crate::sockaddr::{decode_inet, is_unspec, SockaddrCall, MAX_SOCKADDR_LEN};
 use crate::sockopts::{HostDefaults, Purpose, SocketOptions};
-use crate::tracee;
+use crate::tracee::{self, CallerPidfds};
 
 /// What the daemon learned about the container's socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,6 +212,8 @@ pub struct ConnectContext<'a> {
     pub owner: u64,
     /// Every host listener the daemon bound for its containers.
     pub listeners: &'a Listeners,
+    /// Pidfds of the container's recent callers.
+    pub callers: &'a CallerPidfds,
 }
 
 /// Where a bypassed connect goes.
@@ -270,7 +272,7 @@ pub async fn handle(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<Ou
         }
         return keep(Keep::IgnoredDestination);
     }
-    let orig = match copy_caller_fd(ctx.notify, n, call.fd) {
+    let orig = match copy_caller_fd(ctx, n, call.fd) {
         CallerFd::Copied(fd) => fd,
         CallerFd::Gone => return Ok(Outcome::CallerGone),
         // EBADF and the like: the kernel produces the right errno.
@@ -428,7 +430,7 @@ async fn disconnect(ctx: &ConnectContext<'_>, n: &Notification, call: SockaddrCa
             Delivery::CallerGone => Outcome::CallerGone,
         })
     };
-    let orig = match copy_caller_fd(ctx.notify, n, call.fd) {
+    let orig = match copy_caller_fd(ctx, n, call.fd) {
         CallerFd::Copied(fd) => fd,
         CallerFd::Gone => return Ok(Outcome::CallerGone),
         CallerFd::Failed(e) => return refuse(ctx, n, e.raw_os_error().unwrap_or(libc::EBADF)),
@@ -463,7 +465,7 @@ fn refuse_on_host_listener(
     n: &Notification,
     fd: i32,
 ) -> Option<io::Result<Outcome>> {
-    let sock = match copy_caller_fd(ctx.notify, n, fd) {
+    let sock = match copy_caller_fd(ctx, n, fd) {
         CallerFd::Copied(fd) => fd,
         CallerFd::Gone => return Some(Ok(Outcome::CallerGone)),
         CallerFd::Failed(_) => return None,
@@ -498,20 +500,30 @@ pub(crate) enum CallerFd {
     Failed(io::Error),
 }
 
-/// Copies fd `fd` of the notification's caller. The pidfd is the caller's
-/// only while the notification is still live, hence the `ID_VALID` check
-/// between opening it and using it.
-pub(crate) fn copy_caller_fd(notify: &NotifyFd, n: &Notification, fd: i32) -> CallerFd {
+/// Copies fd `fd` of the notification's caller. A pidfd opened now is the
+/// caller's only while the notification is still live, hence the `ID_VALID`
+/// check between opening it and using it; one kept from an earlier call of
+/// the same tid is checked after the copy instead (see `CallerPidfds`).
+pub(crate) fn copy_caller_fd(ctx: &ConnectContext<'_>, n: &Notification, fd: i32) -> CallerFd {
+    let finish = |copied: io::Result<OwnedFd>| match copied {
+        Ok(copy) => CallerFd::Copied(copy),
+        Err(e) => CallerFd::Failed(e),
+    };
+    if let Some(copied) = ctx.callers.copy_fd(n.pid, fd) {
+        if !ctx.notify.id_valid(n.id) {
+            return CallerFd::Gone;
+        }
+        return finish(copied);
+    }
     let Ok(pidfd) = tracee::open_thread(n.pid) else {
         return CallerFd::Gone;
     };
-    if !notify.id_valid(n.id) {
+    if !ctx.notify.id_valid(n.id) {
         return CallerFd::Gone;
     }
-    match tracee::copy_fd(&pidfd, fd) {
-        Ok(copy) => CallerFd::Copied(copy),
-        Err(e) => CallerFd::Failed(e),
-    }
+    let copied = tracee::copy_fd(&pidfd.fd, fd);
+    ctx.callers.keep(n.pid, pidfd);
+    finish(copied)
 }
 
 /// Whether a socket may be one the daemon made in the host namespace: its

@@ -19,6 +19,7 @@ use crate::notify::{Notification, NotifyFd, Readiness};
 use crate::publish::{Listeners, PortMapping};
 use crate::route::Routes;
 use crate::sockopts::HostDefaults;
+use crate::tracee::CallerPidfds;
 
 #[cfg(target_arch = "x86_64")]
 const NATIVE_ARCH: u32 = 0xC000_003E; // AUDIT_ARCH_X86_64
@@ -38,6 +39,8 @@ pub enum Mode {
         /// Published ports whose binds the daemon takes over.
         published: Vec<PortMapping>,
         listeners: Arc<Listeners>,
+        /// Pidfds of the container's recent callers.
+        callers: CallerPidfds,
         /// Keeps the ignore list current; stops with the container.
         _watch: SubnetWatch,
     },
@@ -248,6 +251,7 @@ impl Container {
                 routes,
                 published,
                 listeners,
+                callers,
                 ..
             } if native && (nr == libc::SYS_connect || nr == libc::SYS_bind || nr == libc::SYS_shutdown) => {
                 let ctx = ConnectContext {
@@ -260,6 +264,7 @@ impl Container {
                     published,
                     owner: self.serial,
                     listeners,
+                    callers,
                 };
                 if nr == libc::SYS_connect {
                     let result = connect::handle(&ctx, &n).await;
