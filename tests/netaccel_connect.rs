@@ -429,7 +429,9 @@ fn socket_options_and_fd_flags_survive_the_swap() {
     assert_eq!(contained["a_local"], s.peer.host_addr.to_string(), "{contained}");
     assert_eq!(contained["b_local"], s.peer.host_addr.to_string(), "{contained}");
     assert_eq!(contained["b_connect_errno"], libc::EINPROGRESS, "{contained}");
-    assert_eq!(d.bypassed_to(&addr), 2, "daemon log:\n{}", d.log_text());
+    assert_eq!(contained["c_has_a_number"], true, "{contained}");
+    assert_eq!(contained["c_cloexec"], false, "{contained}");
+    assert_eq!(d.bypassed_to(&addr), 3, "daemon log:\n{}", d.log_text());
     for v in [&mut host, &mut contained] {
         let o = v.as_object_mut().expect("object");
         o.remove("a_local");

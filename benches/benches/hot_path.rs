@@ -24,7 +24,7 @@ use netaccel::notify::{NotifyFd, Readiness};
 use netaccel::publish::Listeners;
 use netaccel::route::Routes;
 use netaccel::sockopts::HostDefaults;
-use netaccel::tracee::CallerPidfds;
+use netaccel::tracee::Callers;
 use rootless_lab::seccomp::{notify_connect_on_this_thread, raw_connect};
 
 fn ignore_lookup(c: &mut Criterion) {
@@ -105,7 +105,7 @@ fn notification_cycle(c: &mut Criterion, name: &str, dst: SocketAddrV4, expect_b
     let defaults = HostDefaults::probe().expect("socket defaults");
     let view = RwLock::new(NetView::default());
     let listeners = Listeners::default();
-    let callers = CallerPidfds::default();
+    let callers = Callers::default();
     let caller = Caller::start(dst);
     // The caller's thread counts as the container: same namespace as ours.
     let ctx = ConnectContext {

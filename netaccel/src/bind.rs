@@ -146,7 +146,7 @@ pub async fn handle(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<Bi
         host,
         nonblocking,
         cloexec,
-    }) = Replacement::for_socket(orig, &facts, n.pid, call.fd, ctx.defaults, Purpose::Listen)?
+    }) = Replacement::for_socket(ctx, orig, &facts, n.pid, call.fd, Purpose::Listen)?
     else {
         return keep(ctx.notify, n, Keep::NotApplicable);
     };

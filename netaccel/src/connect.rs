@@ -22,7 +22,7 @@ use crate::publish::{self, Listeners, PortMapping, Proto};
 use crate::route::{pin_to_interface, Egress, Routes};
 use crate::sockaddr::{decode_inet, is_unspec, SockaddrCall, MAX_SOCKADDR_LEN};
 use crate::sockopts::{HostDefaults, Purpose, SocketOptions};
-use crate::tracee::{self, CallerPidfds};
+use crate::tracee::{self, Callers};
 
 /// What the daemon learned about the container's socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,8 +212,8 @@ pub struct ConnectContext<'a> {
     pub owner: u64,
     /// Every host listener the daemon bound for its containers.
     pub listeners: &'a Listeners,
-    /// Pidfds of the container's recent callers.
-    pub callers: &'a CallerPidfds,
+    /// Handles on the container's recent calling threads.
+    pub callers: &'a Callers,
 }
 
 /// Where a bypassed connect goes.
@@ -317,7 +317,7 @@ pub async fn handle(ctx: &ConnectContext<'_>, n: &Notification) -> io::Result<Ou
         host,
         nonblocking,
         cloexec,
-    }) = Replacement::for_socket(orig, &facts, n.pid, call.fd, ctx.defaults, Purpose::Connect)?
+    }) = Replacement::for_socket(ctx, orig, &facts, n.pid, call.fd, Purpose::Connect)?
     else {
         return keep(Keep::NotApplicable);
     };
@@ -503,7 +503,7 @@ pub(crate) enum CallerFd {
 /// Copies fd `fd` of the notification's caller. A pidfd opened now is the
 /// caller's only while the notification is still live, hence the `ID_VALID`
 /// check between opening it and using it; one kept from an earlier call of
-/// the same tid is checked after the copy instead (see `CallerPidfds`).
+/// the same tid is checked after the copy instead (see `Callers`).
 pub(crate) fn copy_caller_fd(ctx: &ConnectContext<'_>, n: &Notification, fd: i32) -> CallerFd {
     let finish = |copied: io::Result<OwnedFd>| match copied {
         Ok(copy) => CallerFd::Copied(copy),
@@ -582,18 +582,18 @@ impl Replacement {
     /// `pid`) needs carried over and creates its replacement; `None` when
     /// the host has no defaults for this kind of socket.
     pub(crate) fn for_socket(
+        ctx: &ConnectContext<'_>,
         orig: OwnedFd,
         facts: &SocketFacts,
         pid: u32,
         fd: i32,
-        defaults: &HostDefaults,
         purpose: Purpose,
     ) -> io::Result<Option<Self>> {
-        let Some(defaults) = defaults.for_socket(facts.family, facts.socket_type) else {
+        let Some(defaults) = ctx.defaults.for_socket(facts.family, facts.socket_type) else {
             return Ok(None);
         };
         let nonblocking = rustix::fs::fcntl_getfl(&orig)?.contains(rustix::fs::OFlags::NONBLOCK);
-        let cloexec = tracee::fd_is_cloexec(pid, fd).unwrap_or(false);
+        let cloexec = ctx.callers.fd_is_cloexec(pid, fd).unwrap_or(false);
         let opts = SocketOptions::read(&orig, facts.family, facts.socket_type, purpose);
         drop(orig);
         let host = rustix::net::socket_with(

@@ -19,7 +19,7 @@ use crate::notify::{Notification, NotifyFd, Readiness};
 use crate::publish::{Listeners, PortMapping};
 use crate::route::Routes;
 use crate::sockopts::HostDefaults;
-use crate::tracee::CallerPidfds;
+use crate::tracee::Callers;
 
 #[cfg(target_arch = "x86_64")]
 const NATIVE_ARCH: u32 = 0xC000_003E; // AUDIT_ARCH_X86_64
@@ -39,8 +39,8 @@ pub enum Mode {
         /// Published ports whose binds the daemon takes over.
         published: Vec<PortMapping>,
         listeners: Arc<Listeners>,
-        /// Pidfds of the container's recent callers.
-        callers: CallerPidfds,
+        /// Handles on the container's recent calling threads.
+        callers: Callers,
         /// Keeps the ignore list current; stops with the container.
         _watch: SubnetWatch,
     },

@@ -20,7 +20,7 @@ use crate::publish::Listeners;
 use crate::route::Routes;
 use crate::sockopts::HostDefaults;
 use crate::state::{ContainerProcessState, ContainerSettings};
-use crate::tracee::CallerPidfds;
+use crate::tracee::Callers;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -328,7 +328,7 @@ async fn accelerate(
         routes: shared.routes.clone(),
         published,
         listeners: shared.listeners.clone(),
-        callers: CallerPidfds::default(),
+        callers: Callers::default(),
         _watch: watch,
     })
 }

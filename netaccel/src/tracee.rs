@@ -65,34 +65,54 @@ pub fn open_thread(tid: u32) -> io::Result<CallerPidfd> {
     }
 }
 
-/// How many callers' pidfds a container keeps.
-const KEPT_PIDFDS: usize = 16;
+/// How many calling threads a container keeps handles for.
+const KEPT_THREADS: usize = 16;
+/// How many fds' fdinfo files are kept per thread (a program usually
+/// connects on the same few fd numbers: close, socket, connect, again).
+const KEPT_FDINFOS: usize = 4;
 
-/// The pidfds of a container's most recent calling threads, so that a
-/// thread's next call skips `pidfd_open` (and its close), about 7 µs here.
-///
-/// Only per-thread pidfds are kept: `pidfd_getfd` through one fails with
-/// ESRCH once its thread has exited, so a tid reused by a later thread never
-/// reaches it through a stale entry. The caller still has to check the
-/// notification (`ID_VALID`) after copying: a live notification means its
-/// thread was alive during the copy, and two live threads never share a tid.
-#[derive(Debug, Default)]
-pub struct CallerPidfds {
-    /// Most recently used first.
-    kept: std::sync::Mutex<Vec<(u32, OwnedFd)>>,
+/// What is kept of one calling thread.
+#[derive(Debug)]
+struct KeptThread {
+    tid: u32,
+    /// A per-thread pidfd.
+    pidfd: OwnedFd,
+    /// Open `/proc/<tid>/fdinfo/<fd>` files, most recently used first.
+    fdinfos: Vec<(RawFd, OwnedFd)>,
 }
 
-impl CallerPidfds {
+/// Handles on a container's most recent calling threads, so that a thread's
+/// next call skips `pidfd_open` and the open of its fd's fdinfo file (7 and
+/// 9 µs here). Nothing kept can reach another thread:
+///
+/// - Only per-thread pidfds are kept, and one fails with ESRCH once its
+///   thread has exited, so a tid reused by a later thread never reaches the
+///   new one through a stale entry. The caller still checks the
+///   notification (`ID_VALID`) after copying: a live notification means its
+///   thread was alive during the copy, and two live threads never share a tid.
+/// - An open fdinfo file is bound to its thread in the same way (reading it
+///   fails once the thread is gone) and to an fd number, whose flags the
+///   kernel formats anew on every read from offset 0.
+#[derive(Debug, Default)]
+pub struct Callers {
+    /// Most recently used first.
+    kept: std::sync::Mutex<Vec<KeptThread>>,
+}
+
+impl Callers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<KeptThread>> {
+        self.kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Copies fd `fd` of thread `tid` through its kept pidfd; `None` when no
     /// pidfd is kept for `tid` or its thread has exited (the entry is then
     /// dropped).
     pub fn copy_fd(&self, tid: u32, fd: RawFd) -> Option<io::Result<OwnedFd>> {
-        let mut kept = self
-            .kept
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let at = kept.iter().position(|(t, _)| *t == tid)?;
-        match copy_fd(&kept[at].1, fd) {
+        let mut kept = self.lock();
+        let at = kept.iter().position(|k| k.tid == tid)?;
+        match copy_fd(&kept[at].pidfd, fd) {
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
                 kept.remove(at);
                 None
@@ -110,20 +130,46 @@ impl CallerPidfds {
         if !pidfd.per_thread {
             return;
         }
-        let mut kept = self
-            .kept
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        kept.retain(|(t, _)| *t != tid);
-        kept.insert(0, (tid, pidfd.fd));
-        kept.truncate(KEPT_PIDFDS);
+        let mut kept = self.lock();
+        kept.retain(|k| k.tid != tid);
+        kept.insert(
+            0,
+            KeptThread {
+                tid,
+                pidfd: pidfd.fd,
+                fdinfos: Vec::new(),
+            },
+        );
+        kept.truncate(KEPT_THREADS);
     }
 
+    /// Whether fd `fd` of thread `tid` has FD_CLOEXEC set (see
+    /// [`fd_is_cloexec`]), through a kept fdinfo file when there is one. A
+    /// file opened here is kept when the thread is.
+    pub fn fd_is_cloexec(&self, tid: u32, fd: RawFd) -> io::Result<bool> {
+        let mut kept = self.lock();
+        let Some(thread) = kept.iter_mut().find(|k| k.tid == tid) else {
+            drop(kept);
+            return fd_is_cloexec(tid, fd);
+        };
+        if let Some(at) = thread.fdinfos.iter().position(|(f, _)| *f == fd) {
+            let (_, file) = thread.fdinfos.remove(at);
+            // An error means the thread is gone or the fd closed: open anew.
+            if let Ok(cloexec) = read_fdinfo_cloexec(&file) {
+                thread.fdinfos.insert(0, (fd, file));
+                return Ok(cloexec);
+            }
+        }
+        let file = open_fdinfo(tid, fd)?;
+        let cloexec = read_fdinfo_cloexec(&file)?;
+        thread.fdinfos.insert(0, (fd, file));
+        thread.fdinfos.truncate(KEPT_FDINFOS);
+        Ok(cloexec)
+    }
+
+    /// How many threads have handles kept.
     pub fn len(&self) -> usize {
-        self.kept
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
+        self.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -147,17 +193,26 @@ pub fn copy_fd(pidfd: impl AsFd, fd: RawFd) -> io::Result<OwnedFd> {
 
 /// Whether the caller's fd `fd` has FD_CLOEXEC set. That flag belongs to the
 /// caller's fd table, not the file, so it is read from /proc (one open, one
-/// read: this is on every bypassed connect).
+/// read: this is on every bypassed connect, see [`Callers`] for the
+/// second time).
 pub fn fd_is_cloexec(tid: u32, fd: RawFd) -> io::Result<bool> {
-    let path = format!("/proc/{tid}/fdinfo/{fd}");
-    let file = rustix::fs::open(
-        path.as_str(),
+    read_fdinfo_cloexec(&open_fdinfo(tid, fd)?)
+}
+
+fn open_fdinfo(tid: u32, fd: RawFd) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        format!("/proc/{tid}/fdinfo/{fd}").as_str(),
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
-    )?;
+    )?)
+}
+
+/// Reads an fdinfo file from its start, which makes the kernel format it
+/// anew.
+fn read_fdinfo_cloexec(file: &OwnedFd) -> io::Result<bool> {
     // "pos:" and "flags:" come first; 256 bytes always hold them.
     let mut buf = [0u8; 256];
-    let n = rustix::io::read(&file, &mut buf)?;
+    let n = rustix::io::pread(file, &mut buf, 0)?;
     std::str::from_utf8(&buf[..n])
         .ok()
         .and_then(parse_fdinfo_cloexec)
@@ -207,11 +262,20 @@ mod tests {
         );
     }
 
+    fn thread_with_pidfd() -> (u32, CallerPidfd) {
+        std::thread::spawn(|| {
+            let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+            (tid, open_thread(tid).expect("pidfd of a thread"))
+        })
+        .join()
+        .expect("thread")
+    }
+
     #[test]
     fn kept_pidfds_serve_live_threads_and_drop_exited_ones() {
         let file = std::fs::File::open("/dev/null").expect("open");
         let raw = std::os::fd::AsRawFd::as_raw_fd(&file);
-        let kept = CallerPidfds::default();
+        let kept = Callers::default();
         let me = rustix::thread::gettid().as_raw_nonzero().get() as u32;
         assert!(kept.copy_fd(me, raw).is_none(), "nothing kept yet");
         let pidfd = open_thread(me).expect("pidfd of own thread");
@@ -233,28 +297,58 @@ mod tests {
         );
 
         // A thread that has exited: its entry goes, whoever has its tid now.
-        let (tid, pidfd) = std::thread::spawn(|| {
-            let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
-            (tid, open_thread(tid).expect("pidfd of a thread"))
-        })
-        .join()
-        .expect("thread");
+        let (tid, pidfd) = thread_with_pidfd();
         kept.keep(tid, pidfd);
         assert_eq!(kept.len(), 2);
         assert!(kept.copy_fd(tid, raw).is_none(), "exited thread");
         assert_eq!(kept.len(), 1);
 
         // Bounded: the least recently used go first.
-        for _ in 0..KEPT_PIDFDS + 4 {
-            let (tid, pidfd) = std::thread::spawn(|| {
-                let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
-                (tid, open_thread(tid).expect("pidfd of a thread"))
-            })
-            .join()
-            .expect("thread");
+        for _ in 0..KEPT_THREADS + 4 {
+            let (tid, pidfd) = thread_with_pidfd();
             kept.keep(tid, pidfd);
         }
-        assert_eq!(kept.len(), KEPT_PIDFDS);
+        assert_eq!(kept.len(), KEPT_THREADS);
         assert!(kept.copy_fd(me, raw).is_none(), "pushed out");
+    }
+
+    #[test]
+    fn kept_fdinfo_follows_the_fd_number_and_its_flags() {
+        use std::os::fd::AsRawFd;
+        let kept = Callers::default();
+        let me = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+        let pidfd = open_thread(me).expect("pidfd of own thread");
+        if !pidfd.per_thread {
+            eprintln!("skipped: this kernel has no per-thread pidfds (Linux < 6.9), so none are kept");
+            return;
+        }
+        kept.keep(me, pidfd);
+        let sock = rustix::net::socket(
+            rustix::net::AddressFamily::INET,
+            rustix::net::SocketType::STREAM,
+            None,
+        )
+        .expect("socket");
+        let fd = sock.as_raw_fd();
+        assert!(!kept.fd_is_cloexec(me, fd).expect("fdinfo"));
+        rustix::io::fcntl_setfd(&sock, rustix::io::FdFlags::CLOEXEC).expect("set cloexec");
+        assert!(kept.fd_is_cloexec(me, fd).expect("kept fdinfo"), "read anew");
+        // The same number for another file (closed, then reused).
+        drop(sock);
+        assert!(kept.fd_is_cloexec(me, fd).is_err(), "closed fd");
+        let again = rustix::net::socket(
+            rustix::net::AddressFamily::INET,
+            rustix::net::SocketType::STREAM,
+            None,
+        )
+        .expect("socket");
+        assert_eq!(again.as_raw_fd(), fd, "lowest free number");
+        assert!(!kept.fd_is_cloexec(me, fd).expect("fdinfo of the new socket"));
+
+        // A thread not kept is read without keeping anything.
+        let (tid, pidfd) = thread_with_pidfd();
+        drop(pidfd);
+        assert!(kept.fd_is_cloexec(tid, fd).is_err(), "exited thread");
+        assert_eq!(kept.len(), 1);
     }
 }

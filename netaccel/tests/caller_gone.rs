@@ -19,7 +19,7 @@ use netaccel::notify::{Delivery, NotifyFd};
 use netaccel::publish::Listeners;
 use netaccel::route::Routes;
 use netaccel::sockopts::HostDefaults;
-use netaccel::tracee::CallerPidfds;
+use netaccel::tracee::Callers;
 use rootless_lab::seccomp::{notify_connect_on_this_thread, raw_connect};
 use rootless_lab::wait_for;
 
@@ -100,7 +100,7 @@ async fn answers_to_a_vanished_caller_report_caller_gone() {
         published: &[],
         owner: 0,
         listeners: &listeners,
-        callers: &CallerPidfds::default(),
+        callers: &Callers::default(),
     };
     match connect::handle(&ctx, &n).await {
         Ok(Outcome::CallerGone | Outcome::Kept(_)) => {}

@@ -491,9 +491,7 @@ fn sockopts(dst: SocketAddr) -> Result<()> {
             .and_then(|a| SocketAddr::try_from(a).ok())
             .map(|a| a.ip().to_string())
     };
-    println!(
-        "{}",
-        json!({
+    let facts = json!({
             "a_local": local(&a),
             "a_peer": rustix::net::getpeername(&a)?.and_then(|p| SocketAddr::try_from(p).ok()).map(|p| p.to_string()),
             "nodelay": so::tcp_nodelay(&a)?,
@@ -507,8 +505,17 @@ fn sockopts(dst: SocketAddr) -> Result<()> {
             "b_local": local(&b),
             "b_cloexec": fcntl_getfd(&b)?.contains(FdFlags::CLOEXEC),
             "b_nonblocking": fcntl_getfl(&b)?.contains(OFlags::NONBLOCK),
-        })
-    );
+    });
+    // Blocking and inheritable, on the number `a` had: flags are read for
+    // this socket, not remembered from the last one with that number.
+    let a_number = a.as_raw_fd();
+    drop(a);
+    let c = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::empty(), None)?;
+    rustix::net::connect(&c, &dst)?;
+    let mut facts = facts;
+    facts["c_has_a_number"] = json!(c.as_raw_fd() == a_number);
+    facts["c_cloexec"] = json!(fcntl_getfd(&c)?.contains(FdFlags::CLOEXEC));
+    println!("{facts}");
     Ok(())
 }
 
