@@ -195,7 +195,7 @@ impl EphemeralPorts {
         let ports: Vec<String> = exposed.iter().map(|(_, port)| port.to_string()).collect();
         format!(
             "{} lie in this host's ephemeral port range {}-{}, where any outgoing connection can hold one \
-             just when the node needs it: set the PORT_* variables below {} (tenants 0-2 stay below it), \
+             just when the node needs it: set the PORT_* variables below {}, \
              or have root reserve them: sysctl -w net.ipv4.ip_local_reserved_ports={}",
             list.join(", "),
             self.low,
