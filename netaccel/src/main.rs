@@ -222,6 +222,7 @@ fn main() -> Result<()> {
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_writer(std::io::stderr)
                 .init();
+            raise_open_file_limit();
             let config = DaemonConfig {
                 socket: socket_or_default(socket)?,
                 ignore: IgnoreList::new(ignore),
@@ -316,6 +317,26 @@ fn systemd_unit(exe: &std::path::Path) -> String {
         "[Unit]\nDescription=netaccel: host-namespace sockets for rootless containers\n\n[Service]\nExecStart={} daemon --pid-file %t/netaccel/netaccel.pid\nRestart=on-failure\n\n[Install]\nWantedBy=default.target\n",
         exe.display()
     )
+}
+
+/// Raises the soft limit on open files to the hard one. Every container
+/// holds a few of the daemon's fds (its notify fd, a route socket in its
+/// namespace, kept caller handles, its host listeners), so the usual soft
+/// limit of 1024 would end bypasses after a few dozen containers.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current >= limit.maximum {
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::debug!(from = ?limit.current, to = ?limit.maximum, "raised the open-file limit"),
+        Err(e) => tracing::warn!(error = %e, limit = ?limit.current, "cannot raise the open-file limit"),
+    }
 }
 
 async fn shutdown_signal() {

@@ -66,10 +66,11 @@ pub fn open_thread(tid: u32) -> io::Result<CallerPidfd> {
 }
 
 /// How many calling threads a container keeps handles for.
-const KEPT_THREADS: usize = 16;
-/// How many fds' fdinfo files are kept per thread (a program usually
-/// connects on the same few fd numbers: close, socket, connect, again).
-const KEPT_FDINFOS: usize = 4;
+const KEPT_THREADS: usize = 8;
+/// How many fds' fdinfo files are kept per thread (a program that opens
+/// connections one after another reuses the same few fd numbers). Each open
+/// fdinfo file holds a page of kernel memory once read, so the bound is low.
+const KEPT_FDINFOS: usize = 2;
 
 /// What is kept of one calling thread.
 #[derive(Debug)]

@@ -113,6 +113,43 @@ fn pid_file_status_and_clean_shutdown() {
     );
 }
 
+/// The soft and hard "Max open files" of process `pid`.
+fn open_file_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("open files line");
+    let values: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    (values[0], values[1])
+}
+
+#[test]
+fn the_daemon_raises_its_open_file_limit() {
+    // Started with the usual low soft limit; prlimit (util-linux) execs the
+    // daemon in place, so the pid is the daemon's.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("n.sock");
+    let mut daemon = Command::new("prlimit")
+        .args(["--nofile=64:", "--", NETACCEL, "daemon", "--no-api", "--socket"])
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prlimit (util-linux) runs the daemon");
+    wait_for("the daemon socket", Duration::from_secs(10), || {
+        socket.exists().then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (soft, hard) = open_file_limits(daemon.id());
+    // SAFETY: signals the daemon child we started.
+    assert_eq!(unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) }, 0);
+    let _ = daemon.wait();
+    assert!(hard > 64, "hard limit {hard}");
+    assert_eq!(soft, hard, "soft limit raised to the hard one");
+}
+
 #[test]
 fn unit_runs_this_binary_as_a_daemon() {
     let out = Command::new(NETACCEL).arg("unit").output().expect("unit");
