@@ -169,12 +169,9 @@ impl Callers {
     }
 
     /// How many threads have handles kept.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -324,27 +321,30 @@ mod tests {
             return;
         }
         kept.keep(me, pidfd);
-        let sock = rustix::net::socket(
-            rustix::net::AddressFamily::INET,
-            rustix::net::SocketType::STREAM,
-            None,
-        )
-        .expect("socket");
+        let socket = || {
+            rustix::net::socket(
+                rustix::net::AddressFamily::INET,
+                rustix::net::SocketType::STREAM,
+                None,
+            )
+            .expect("socket")
+        };
+        // A number far above what other tests of this process open, so none
+        // of them can take it while this test closes and reuses it.
+        let mut sock = rustix::io::fcntl_dupfd_cloexec(socket(), 900).expect("dup to a high number");
         let fd = sock.as_raw_fd();
-        assert!(!kept.fd_is_cloexec(me, fd).expect("fdinfo"));
+        assert!(kept.fd_is_cloexec(me, fd).expect("fdinfo"));
+        rustix::io::fcntl_setfd(&sock, rustix::io::FdFlags::empty()).expect("clear cloexec");
+        assert!(!kept.fd_is_cloexec(me, fd).expect("kept fdinfo"), "read anew");
+        // The same number for another file: dup2 replaces it (and clears
+        // close-on-exec, which the number had again).
         rustix::io::fcntl_setfd(&sock, rustix::io::FdFlags::CLOEXEC).expect("set cloexec");
-        assert!(kept.fd_is_cloexec(me, fd).expect("kept fdinfo"), "read anew");
-        // The same number for another file (closed, then reused).
+        assert!(kept.fd_is_cloexec(me, fd).expect("kept fdinfo"));
+        rustix::io::dup2(socket(), &mut sock).expect("dup2");
+        assert_eq!(sock.as_raw_fd(), fd, "same number");
+        assert!(!kept.fd_is_cloexec(me, fd).expect("fdinfo of the other socket"));
         drop(sock);
         assert!(kept.fd_is_cloexec(me, fd).is_err(), "closed fd");
-        let again = rustix::net::socket(
-            rustix::net::AddressFamily::INET,
-            rustix::net::SocketType::STREAM,
-            None,
-        )
-        .expect("socket");
-        assert_eq!(again.as_raw_fd(), fd, "lowest free number");
-        assert!(!kept.fd_is_cloexec(me, fd).expect("fdinfo of the new socket"));
 
         // A thread not kept is read without keeping anything.
         let (tid, pidfd) = thread_with_pidfd();

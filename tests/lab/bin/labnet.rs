@@ -491,7 +491,7 @@ fn sockopts(dst: SocketAddr) -> Result<()> {
             .and_then(|a| SocketAddr::try_from(a).ok())
             .map(|a| a.ip().to_string())
     };
-    let facts = json!({
+    let mut facts = json!({
             "a_local": local(&a),
             "a_peer": rustix::net::getpeername(&a)?.and_then(|p| SocketAddr::try_from(p).ok()).map(|p| p.to_string()),
             "nodelay": so::tcp_nodelay(&a)?,
@@ -512,7 +512,6 @@ fn sockopts(dst: SocketAddr) -> Result<()> {
     drop(a);
     let c = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::empty(), None)?;
     rustix::net::connect(&c, &dst)?;
-    let mut facts = facts;
     facts["c_has_a_number"] = json!(c.as_raw_fd() == a_number);
     facts["c_cloexec"] = json!(fcntl_getfd(&c)?.contains(FdFlags::CLOEXEC));
     println!("{facts}");
