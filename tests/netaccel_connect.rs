@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rootless_lab::container::RunOutput;
+use rootless_lab::container::{Launch, RunOutput};
 use rootless_lab::container::{CONTAINER_ADDR, SLIRP_HOST_LOOPBACK};
 use rootless_lab::peer::Server;
 use rootless_lab::{workspace_bin, Container, ContainerConfig, DaemonProcess, Lab, PeerHost};
@@ -134,6 +134,69 @@ fn connection_to_a_host_side_server_is_bypassed_with_data_intact() {
             "{conn}"
         );
     }
+}
+
+/// Runs labnet in a container launched as `launch` with `seccomp`, and
+/// returns its JSON answer and how long the whole run took.
+fn labnet_launched(s: &Setup, seccomp: Value, launch: Launch, args: &[&str]) -> (Value, Duration) {
+    let config = ContainerConfig {
+        seccomp: Some(seccomp),
+        launch,
+        ..Default::default()
+    };
+    let mut full = vec!["/lab/labnet"];
+    full.extend_from_slice(args);
+    let started = std::time::Instant::now();
+    let out = Container::run(&s.lab, config, &full, Duration::from_secs(60)).expect("container runs");
+    let took = started.elapsed();
+    assert!(
+        !out.stdout.is_empty(),
+        "labnet {args:?} printed nothing (exit {:?}): {}",
+        out.code,
+        out.stderr
+    );
+    (json_line(&out.stdout), took)
+}
+
+#[test]
+fn runc_run_registers_at_once_and_serves_connects() {
+    // `runc run` is one process for the container's whole life and never
+    // closes its connection to the daemon: a daemon waiting for EOF left
+    // the container's first connect hanging, then failing with ENOSYS.
+    let Some(s) = setup("runc_run_registers_at_once_and_serves_connects") else {
+        return;
+    };
+    let d = daemon(&s.lab, &[]);
+    let (_server, addr) = peer_echo(&s, 7711);
+    let profile = d.profile(&s.lab, &[]).expect("netaccel profile");
+    let (r, took) = labnet_launched(&s, profile, Launch::Run, &["connect", &addr, "--bytes", "100000"]);
+    assert_eq!(r["echo_intact"], true, "{r}\ndaemon log:\n{}", d.log_text());
+    assert_eq!(d.bypassed_to(&addr), 1, "daemon log:\n{}", d.log_text());
+    let log = d.log_text();
+    assert!(!log.contains("registration timed out"), "took {took:?}:\n{log}");
+}
+
+#[test]
+fn a_profile_that_notifies_close_and_fcntl_registers_at_once() {
+    // nerdctl's bypass4netns profile also notifies close, fcntl and more;
+    // runc init makes such calls after loading the filter, while `runc
+    // create` (the daemon's peer) waits for init: the daemon must serve
+    // them before the runtime's connection closes.
+    let Some(s) = setup("a_profile_that_notifies_close_and_fcntl_registers_at_once") else {
+        return;
+    };
+    let d = daemon(&s.lab, &[]);
+    let (_server, addr) = peer_echo(&s, 7712);
+    let mut profile = d.profile(&s.lab, &[]).expect("netaccel profile");
+    profile["syscalls"]
+        .as_array_mut()
+        .expect("syscalls")
+        .push(serde_json::json!({"names": ["close", "fcntl", "setsockopt"], "action": "SCMP_ACT_NOTIFY"}));
+    let (r, took) = labnet_launched(&s, profile, Launch::CreateStart, &["connect", &addr, "--bytes", "100000"]);
+    assert_eq!(r["echo_intact"], true, "{r}\ndaemon log:\n{}", d.log_text());
+    assert_eq!(d.bypassed_to(&addr), 1, "daemon log:\n{}", d.log_text());
+    let log = d.log_text();
+    assert!(!log.contains("registration timed out"), "took {took:?}:\n{log}");
 }
 
 #[test]

@@ -175,7 +175,11 @@ pub(crate) async fn accept_loop(listener: &UnixListener, shared: Arc<Shared>, ex
 }
 
 async fn register(stream: UnixStream, shared: Arc<Shared>, extra: ContainerSettings) {
-    let msg = match tokio::time::timeout(REGISTRATION_TIMEOUT, fdpass::read_message(&stream, MAX_STATE_LEN))
+    // runc sends the state and the notify fd in one message and keeps the
+    // connection open until its process exits (for `runc run`, the
+    // container's lifetime): the message is served as soon as it is whole.
+    let whole = |m: &fdpass::Message| !m.fds.is_empty() && fdpass::json_value_ended(&m.bytes);
+    let msg = match tokio::time::timeout(REGISTRATION_TIMEOUT, fdpass::read_message(&stream, MAX_STATE_LEN, whole))
         .await
     {
         Ok(Ok(m)) => m,

@@ -13,7 +13,7 @@ use tokio::net::UnixStream;
 /// kernel to drop silently.
 const MAX_FDS: usize = 8;
 
-/// A message read until the peer closed its end.
+/// A message read until it was complete or the peer closed its end.
 #[derive(Debug, Default)]
 pub struct Message {
     pub bytes: Vec<u8>,
@@ -24,8 +24,17 @@ pub struct Message {
     pub fds_truncated: bool,
 }
 
-/// Reads until EOF or `max_len` bytes, collecting every fd sent with the data.
-pub async fn read_message(stream: &UnixStream, max_len: usize) -> io::Result<Message> {
+/// Reads until `complete` says the message is whole, the peer closes its
+/// end, or `max_len` bytes arrived, collecting every fd sent with the data.
+///
+/// A sender may keep its end open after the message (runc never closes its
+/// connection to the seccomp agent until its process exits), so a reader
+/// that waited for EOF could wait on a peer that waits on it.
+pub async fn read_message(
+    stream: &UnixStream,
+    max_len: usize,
+    complete: impl Fn(&Message) -> bool,
+) -> io::Result<Message> {
     let mut msg = Message::default();
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
@@ -43,6 +52,20 @@ pub async fn read_message(stream: &UnixStream, max_len: usize) -> io::Result<Mes
             msg.oversized = true;
             return Ok(msg);
         }
+        if complete(&msg) {
+            return Ok(msg);
+        }
+    }
+}
+
+/// True once `bytes` hold one whole JSON value, or a syntax error that no
+/// further bytes can mend; false while the value is still incomplete.
+pub fn json_value_ended(bytes: &[u8]) -> bool {
+    let mut values = serde_json::Deserializer::from_slice(bytes).into_iter::<serde::de::IgnoredAny>();
+    match values.next() {
+        Some(Ok(_)) => true,
+        Some(Err(e)) => !e.is_eof(),
+        None => false,
     }
 }
 
@@ -93,10 +116,63 @@ mod tests {
         drop(a);
         b.set_nonblocking(true).expect("nonblocking");
         let b = UnixStream::from_std(b).expect("tokio stream");
-        let msg = read_message(&b, 8).await.expect("read");
+        let msg = read_message(&b, 8, |_| false).await.expect("read");
         assert_eq!(msg.bytes, b"hello wo");
         assert!(msg.oversized);
         assert_eq!(msg.fds.len(), 2);
         assert!(!msg.fds_truncated);
+    }
+
+    #[tokio::test]
+    async fn a_complete_message_is_returned_while_the_peer_keeps_its_end_open() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let devnull = std::fs::File::open("/dev/null").expect("open");
+        // As runc does: the JSON and its fd in one sendmsg, the connection
+        // left open.
+        send_with_fds(&a, br#"{"fds":["seccompFd"],"pid":1}"#, &[devnull.as_fd()]).expect("send");
+        b.set_nonblocking(true).expect("nonblocking");
+        let b = UnixStream::from_std(b).expect("tokio stream");
+        let read = read_message(&b, 1 << 20, |m| json_value_ended(&m.bytes));
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(5), read)
+            .await
+            .expect("returns without waiting for EOF")
+            .expect("read");
+        assert_eq!(msg.bytes, br#"{"fds":["seccompFd"],"pid":1}"#);
+        assert_eq!(msg.fds.len(), 1);
+        drop(a);
+    }
+
+    #[tokio::test]
+    async fn a_message_split_across_writes_is_read_whole() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        b.set_nonblocking(true).expect("nonblocking");
+        let b = UnixStream::from_std(b).expect("tokio stream");
+        let reader = tokio::spawn(async move {
+            read_message(&b, 1 << 20, |m| json_value_ended(&m.bytes))
+                .await
+                .map(|m| m.bytes)
+        });
+        std::io::Write::write_all(&mut &a, br#"{"a": [1, "}"#).expect("write");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!reader.is_finished(), "half a value is not a message");
+        std::io::Write::write_all(&mut &a, br#""]}"#).expect("write");
+        let bytes = tokio::time::timeout(std::time::Duration::from_secs(5), reader)
+            .await
+            .expect("returns once whole")
+            .expect("task")
+            .expect("read");
+        assert_eq!(bytes, br#"{"a": [1, "}"]}"#);
+        drop(a);
+    }
+
+    #[test]
+    fn json_value_ended_tells_whole_from_partial() {
+        assert!(!json_value_ended(b""));
+        assert!(!json_value_ended(b"  \n"));
+        assert!(!json_value_ended(br#"{"pid": 1, "fds": ["#));
+        assert!(!json_value_ended(br#"{"s": "}"#));
+        assert!(json_value_ended(br#"{"pid": 1}"#));
+        assert!(json_value_ended(br#"{"pid": 1} trailing"#), "the parser rejects the rest");
+        assert!(json_value_ended(b"{pid"), "a syntax error will not be mended by more bytes");
     }
 }

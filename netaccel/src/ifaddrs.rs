@@ -92,7 +92,7 @@ pub async fn route_socket_in_netns_of(helper_exe: &Path, pid: u32) -> Result<Own
     drop(theirs);
     ours.set_nonblocking(true).map_err(spawn_err)?;
     let ours = UnixStream::from_std(ours).map_err(spawn_err)?;
-    let msg = fdpass::read_message(&ours, 16).await;
+    let msg = fdpass::read_message(&ours, 16, |_| false).await;
     let out = child.wait_with_output().await.map_err(spawn_err)?;
     let helper_err = |detail: String| IfaddrsError::Helper { pid, detail };
     let mut msg = msg.map_err(|e| helper_err(e.to_string()))?;

@@ -90,6 +90,17 @@ fn state_json(pid: u32, fds: &[&str]) -> Vec<u8> {
 /// then connect(2) to a local listener. Returns whether that connect
 /// succeeded within 10 s (a daemon that never answers would hang it).
 fn registered_thread_connects(socket: &Path, payload: Vec<u8>, extra_devnull: usize) -> bool {
+    registered_thread_connects_with(socket, payload, extra_devnull, false)
+}
+
+/// As [`registered_thread_connects`]; with `keep_open` the registration's
+/// connection stays open during the connect, as runc leaves it.
+fn registered_thread_connects_with(
+    socket: &Path,
+    payload: Vec<u8>,
+    extra_devnull: usize,
+    keep_open: bool,
+) -> bool {
     let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
     let target = listener.local_addr().expect("addr");
     let socket = socket.to_owned();
@@ -102,8 +113,9 @@ fn registered_thread_connects(socket: &Path, payload: Vec<u8>, extra_devnull: us
         let mut fds = vec![notify.as_fd()];
         fds.extend(std::iter::repeat_n(devnull.as_fd(), extra_devnull));
         send_with_fds(&stream, &payload, &fds).expect("send registration");
-        drop(stream);
+        let open = keep_open.then_some(stream);
         let result = std::net::TcpStream::connect(target);
+        drop(open);
         if let Err(e) = &result {
             eprintln!("connect from the registered thread failed: {e}");
         }
@@ -123,8 +135,12 @@ fn malformed_state_json_is_served_pass_through() {
 #[test]
 fn oversized_state_is_served_pass_through() {
     let mut d = Daemon::start();
-    let mut big = state_json(std::process::id(), &["seccompFd"]);
-    big.resize(netaccel::daemon::MAX_STATE_LEN + 4096, b' ');
+    // One JSON value larger than the limit (the daemon stops reading at a
+    // whole value, so the size must be inside it).
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&state_json(std::process::id(), &["seccompFd"])).expect("json");
+    state["metadata"] = "x".repeat(netaccel::daemon::MAX_STATE_LEN + 4096).into();
+    let big = state.to_string().into_bytes();
     assert!(registered_thread_connects(&d.socket, big, 0));
     d.wait_log("larger than 1 MiB");
     d.assert_alive();
@@ -146,6 +162,23 @@ fn a_valid_registration_from_the_host_namespace_keeps_working() {
     let payload = state_json(std::process::id(), &["seccompFd"]);
     assert!(registered_thread_connects(&d.socket, payload, 0));
     d.wait_log("shares the daemon's network namespace");
+    d.assert_alive();
+}
+
+#[test]
+fn a_registration_whose_sender_keeps_the_connection_open_is_served_at_once() {
+    // runc closes its connection to the agent only when its process exits;
+    // `runc run` lives as long as the container. The daemon must act on the
+    // whole message, not wait for EOF (which would deadlock both).
+    let mut d = Daemon::start();
+    let payload = state_json(std::process::id(), &["seccompFd"]);
+    assert!(
+        registered_thread_connects_with(&d.socket, payload, 0, true),
+        "the notified connect was not answered while the registration stayed open:\n{}",
+        d.log()
+    );
+    d.wait_log("shares the daemon's network namespace");
+    assert!(!d.log().contains("registration timed out"), "{}", d.log());
     d.assert_alive();
 }
 

@@ -92,6 +92,19 @@ impl UserNet {
     }
 }
 
+/// How the lab asks the runtime to start the container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Launch {
+    /// `runc create`, the user-mode network, then `runc start` (what
+    /// engines do; `runc create` exits once the container is created).
+    #[default]
+    CreateStart,
+    /// `runc run` in the foreground: one runtime process for the
+    /// container's whole life. The container's process waits for the
+    /// user-mode network's default route before it runs.
+    Run,
+}
+
 #[derive(Debug, Clone)]
 pub struct ContainerConfig {
     /// `linux.seccomp` to install (e.g. from `netaccel profile`).
@@ -101,6 +114,7 @@ pub struct ContainerConfig {
     pub runtime: PathBuf,
     /// Ports the user-mode stack forwards from the host.
     pub forwards: Vec<Forward>,
+    pub launch: Launch,
 }
 
 impl Default for ContainerConfig {
@@ -110,6 +124,7 @@ impl Default for ContainerConfig {
             net: UserNet::Slirp4netns { mtu: 65520 },
             runtime: PathBuf::from("runc"),
             forwards: Vec::new(),
+            launch: Launch::default(),
         }
     }
 }
@@ -124,6 +139,8 @@ pub struct Container<'a> {
     pub pid: u32,
     /// slirp4netns or pasta.
     user_net: Option<Child>,
+    /// The foreground `runc run` of [`Launch::Run`].
+    run: Option<Child>,
 }
 
 /// What a container's process left behind.
@@ -209,20 +226,22 @@ impl<'a> Container<'a> {
         let stderr = std::fs::File::create(bundle.join("stderr"))?;
         lab.chown(&bundle.join("stdout"))?;
         lab.chown(&bundle.join("stderr"))?;
-        let created = lab
-            .user_command(&config.runtime)
+        let mut runtime = lab.user_command(&config.runtime);
+        runtime
             .arg("--root")
             .arg(&runc_root)
-            .args(["create", "--bundle"])
+            .arg(match config.launch {
+                Launch::CreateStart => "create",
+                Launch::Run => "run",
+            })
+            .arg("--bundle")
             .arg(&bundle)
             .arg("--pid-file")
             .arg(&pid_file)
             .arg(&id)
             .stdin(Stdio::null())
             .stdout(stdout)
-            .stderr(stderr)
-            .status()
-            .context("running runc create")?;
+            .stderr(stderr);
         let mut container = Container {
             lab,
             id,
@@ -231,10 +250,48 @@ impl<'a> Container<'a> {
             bundle: bundle.clone(),
             pid: 0,
             user_net: None,
+            run: None,
         };
-        if !created.success() {
-            let log = std::fs::read_to_string(bundle.join("stderr")).unwrap_or_default();
-            anyhow::bail!("runc create failed ({created}): {}", log.trim());
+        match config.launch {
+            Launch::CreateStart => {
+                let mut child = runtime.spawn().context("running runc create")?;
+                // Bounded: a runtime stuck on its seccomp agent fails the
+                // test instead of hanging it.
+                let waited = wait_for("runc create to finish", Duration::from_secs(60), || {
+                    child.try_wait().ok().flatten()
+                });
+                let created = match waited {
+                    Ok(status) => status,
+                    Err(e) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        let log = std::fs::read_to_string(bundle.join("stderr")).unwrap_or_default();
+                        return Err(e.context(format!("runc create hangs: {}", log.trim())));
+                    }
+                };
+                if !created.success() {
+                    let log = std::fs::read_to_string(bundle.join("stderr")).unwrap_or_default();
+                    anyhow::bail!("runc create failed ({created}): {}", log.trim());
+                }
+            }
+            Launch::Run => {
+                container.run = Some(runtime.spawn().context("running runc run")?);
+                let run = container.run.as_mut().context("runc run child")?;
+                // runc run writes the pid file between create and start.
+                wait_for("runc run to write its pid file", Duration::from_secs(20), || {
+                    if let Ok(Some(status)) = run.try_wait() {
+                        return Some(Err(status));
+                    }
+                    std::fs::read_to_string(&pid_file)
+                        .ok()
+                        .filter(|p| !p.trim().is_empty())
+                        .map(|_| Ok(()))
+                })?
+                .map_err(|status| {
+                    let log = std::fs::read_to_string(bundle.join("stderr")).unwrap_or_default();
+                    anyhow::anyhow!("runc run exited ({status}): {}", log.trim())
+                })?;
+            }
         }
         container.pid = std::fs::read_to_string(&pid_file)?.trim().parse()?;
         let api_socket = bundle.join("slirp.sock");
@@ -267,7 +324,9 @@ impl<'a> Container<'a> {
                 add_hostfwd(&api_socket, f)?;
             }
         }
-        run(container.runc().args(["start", &container.id]))?;
+        if config.launch == Launch::CreateStart {
+            run(container.runc().args(["start", &container.id]))?;
+        }
         Ok(container)
     }
 
@@ -327,6 +386,10 @@ impl Drop for Container<'_> {
             let _ = s.kill();
             let _ = s.wait();
         }
+        if let Some(mut r) = self.run.take() {
+            let _ = r.kill();
+            let _ = r.wait();
+        }
     }
 }
 
@@ -373,7 +436,15 @@ fn customise(
     let process = &mut spec["process"];
     process["terminal"] = json!(false);
     // The exit code goes to /out/exit: nobody can wait(2) for a detached init.
-    let mut argv = vec!["/bin/sh", "-c", "\"$@\"; echo $? > /out/exit", "sh"];
+    let script = match config.launch {
+        Launch::CreateStart => "\"$@\"; echo $? > /out/exit",
+        // Started at once: wait for the user-mode network's default route
+        // (field 2 of /proc/net/route is the destination).
+        Launch::Run => {
+            "until grep -q '^[^\t]*\t00000000\t' /proc/net/route; do sleep 0.05; done; \"$@\"; echo $? > /out/exit"
+        }
+    };
+    let mut argv = vec!["/bin/sh", "-c", script, "sh"];
     argv.extend_from_slice(args);
     process["args"] = json!(argv);
     process["env"] = json!(["PATH=/lab:/usr/bin:/usr/sbin", "HOME=/root"]);
