@@ -192,7 +192,12 @@ fn a_profile_that_notifies_close_and_fcntl_registers_at_once() {
         .as_array_mut()
         .expect("syscalls")
         .push(serde_json::json!({"names": ["close", "fcntl", "setsockopt"], "action": "SCMP_ACT_NOTIFY"}));
-    let (r, took) = labnet_launched(&s, profile, Launch::CreateStart, &["connect", &addr, "--bytes", "100000"]);
+    let (r, took) = labnet_launched(
+        &s,
+        profile,
+        Launch::CreateStart,
+        &["connect", &addr, "--bytes", "100000"],
+    );
     assert_eq!(r["echo_intact"], true, "{r}\ndaemon log:\n{}", d.log_text());
     assert_eq!(d.bypassed_to(&addr), 1, "daemon log:\n{}", d.log_text());
     let log = d.log_text();

@@ -421,6 +421,14 @@ fn u7s_runs_nodes_on_rootless_docker() {
             .code(),
         Some(4)
     );
+    let st = u.ok(&["status"], &cli_env);
+    assert!(
+        st.contains("(image ") && st.contains("u7s-node:"),
+        "the image by name: {st}"
+    );
+    // down keeps the volumes; up again creates them again without error.
+    u.ok(&["down"], &cli_env);
+    u.ok(&["up"], &cli_env);
     u.ok(&["down", "-v"], &cli_env);
     assert!(inspect(&docker, "u7s-node").is_none());
 }
@@ -511,6 +519,26 @@ fn u7s_up_accel_puts_the_node_on_the_fast_path() {
         output_text(&o)
     );
     u.ok(&["--tenant", "4", "down", "-v"], &[]);
+
+    // The same through the CLI driver run with the docker CLI: the engine
+    // behind it runs containers with runtimes, so the node gets the wrapper
+    // (not nerdctl's switches, which a Docker daemon would ignore).
+    let cli_env = [("CONTAINER_ENGINE", "nerdctl"), ("U7S_NERDCTL", DOCKER_CLI)];
+    let out = u.ok(&["--tenant", "4", "up", "--accel"], &cli_env);
+    assert!(
+        out.contains("already running") && out.contains("fast path on"),
+        "{out}"
+    );
+    let node = inspect(&docker, "u7s-t4-node").expect("node via the CLI driver");
+    assert_eq!(
+        node["HostConfig"]["Runtime"], "netaccel",
+        "{}",
+        node["HostConfig"]
+    );
+    assert_eq!(node["Config"]["Labels"]["io.u7s.accel"], "true");
+    let st = u.ok(&["--tenant", "4", "status"], &cli_env);
+    assert!(st.contains("fast path:  on (runtime netaccel)"), "{st}");
+    u.ok(&["--tenant", "4", "down", "-v"], &cli_env);
 
     let pid_file = lab.runtime_dir().join("netaccel/netaccel.pid");
     let pid: i32 = std::fs::read_to_string(&pid_file)

@@ -289,6 +289,9 @@ pub struct DaemonStatus {
     pub pid: u32,
     pub containers: Vec<crate::container::ContainerStatus>,
     pub bypasses: Vec<BypassStatus>,
+    /// Destinations no container bypasses (`netaccel daemon --ignore`).
+    #[serde(default)]
+    pub ignore: Vec<IpNet>,
 }
 
 async fn status(State(api): State<Arc<BypassApi>>) -> Response {
@@ -296,6 +299,7 @@ async fn status(State(api): State<Arc<BypassApi>>) -> Response {
         pid: std::process::id(),
         containers: api.shared.container_statuses(),
         bypasses: api.list(),
+        ignore: api.shared.daemon_ignore(),
     };
     json_response(StatusCode::OK, &body)
 }

@@ -179,8 +179,11 @@ async fn register(stream: UnixStream, shared: Arc<Shared>, extra: ContainerSetti
     // connection open until its process exits (for `runc run`, the
     // container's lifetime): the message is served as soon as it is whole.
     let whole = |m: &fdpass::Message| !m.fds.is_empty() && fdpass::json_value_ended(&m.bytes);
-    let msg = match tokio::time::timeout(REGISTRATION_TIMEOUT, fdpass::read_message(&stream, MAX_STATE_LEN, whole))
-        .await
+    let msg = match tokio::time::timeout(
+        REGISTRATION_TIMEOUT,
+        fdpass::read_message(&stream, MAX_STATE_LEN, whole),
+    )
+    .await
     {
         Ok(Ok(m)) => m,
         Ok(Err(e)) => {
@@ -254,6 +257,11 @@ pub(crate) struct Registry {
 }
 
 impl Shared {
+    /// The daemon-wide ignore list.
+    pub(crate) fn daemon_ignore(&self) -> Vec<ipnet::IpNet> {
+        self.config.ignore.nets().to_vec()
+    }
+
     pub(crate) fn container_statuses(&self) -> Vec<ContainerStatus> {
         self.registry
             .served

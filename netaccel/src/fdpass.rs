@@ -172,7 +172,13 @@ mod tests {
         assert!(!json_value_ended(br#"{"pid": 1, "fds": ["#));
         assert!(!json_value_ended(br#"{"s": "}"#));
         assert!(json_value_ended(br#"{"pid": 1}"#));
-        assert!(json_value_ended(br#"{"pid": 1} trailing"#), "the parser rejects the rest");
-        assert!(json_value_ended(b"{pid"), "a syntax error will not be mended by more bytes");
+        assert!(
+            json_value_ended(br#"{"pid": 1} trailing"#),
+            "the parser rejects the rest"
+        );
+        assert!(
+            json_value_ended(b"{pid"),
+            "a syntax error will not be mended by more bytes"
+        );
     }
 }

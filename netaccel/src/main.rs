@@ -276,6 +276,10 @@ fn render_status(s: &netaccel::api::DaemonStatus) -> String {
         s.containers.len(),
         s.bypasses.len()
     );
+    if !s.ignore.is_empty() {
+        let nets: Vec<String> = s.ignore.iter().map(ToString::to_string).collect();
+        out += &format!("ignored by every container: {}\n", nets.join(", "));
+    }
     if !s.containers.is_empty() {
         out += &format!(
             "{:<20} {:>8} {:>11} {:>9} {:>9} {:>6} {:>6} {:>7} {:>9}\n",

@@ -37,6 +37,7 @@ fn pid_file_status_and_clean_shutdown() {
         .arg(&api)
         .arg("--pid-file")
         .arg(&pid_file)
+        .args(["--ignore", "10.96.0.0/16"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -55,6 +56,13 @@ fn pid_file_status_and_clean_shutdown() {
     let s = status(&api);
     assert_eq!(s["pid"], pid);
     assert_eq!(s["containers"], serde_json::json!([]));
+    // u7s reads the daemon-wide ignore list (nerdctl 1.x cannot pass one).
+    assert!(
+        s["ignore"]
+            .as_array()
+            .is_some_and(|l| l.contains(&serde_json::json!("10.96.0.0/16"))),
+        "{s}"
+    );
 
     // A registration from a thread in the daemon's own namespace is served
     // without acceleration; status lists it while its filter lives.

@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use ipnet::{IpNet, Ipv4Net};
+
 use crate::config::EngineKind;
-use crate::engine::EngineInfo;
+use crate::engine::{AccelMethod, EngineInfo};
 
 /// The engine's name for the wrapper runtime (`U7S_ACCEL_RUNTIME` overrides).
 pub const DEFAULT_RUNTIME_NAME: &str = "netaccel";
@@ -22,6 +24,13 @@ pub enum AccelError {
     Spawn { binary: String, source: std::io::Error },
     #[error("the netaccel daemon did not come up within {secs} s: {detail} (log: {log})")]
     NotReady { secs: u64, detail: String, log: String },
+    #[error("the running netaccel daemon (pid {pid}) does not ignore {missing}, which this node needs kept on the engine's network; {why}: stop that daemon so `u7s up --accel` starts one with them, or start it yourself with `netaccel daemon {flags}`")]
+    DaemonIgnore {
+        pid: u32,
+        missing: String,
+        why: String,
+        flags: String,
+    },
     #[error("{engine} has no runtime named {name:?} (it knows: {known}). {fix}")]
     NoRuntime {
         engine: &'static str,
@@ -62,11 +71,44 @@ pub async fn daemon_status() -> Option<netaccel::api::DaemonStatus> {
     netaccel::api::fetch_status(&socket).await.ok()
 }
 
+/// The ranges of `needed` that the daemon's own ignore list (`have`) does
+/// not cover.
+pub fn uncovered(needed: &[Ipv4Net], have: &[IpNet]) -> Vec<Ipv4Net> {
+    needed
+        .iter()
+        .copied()
+        .filter(|n| !have.iter().any(|h| h.contains(&IpNet::V4(*n))))
+        .collect()
+}
+
 /// Finds the daemon running, or starts `netaccel daemon` in the background
 /// (its own process group, output to a log file) and waits for its API.
-/// Returns the pid and whether it was started now.
-pub async fn ensure_daemon() -> Result<(u32, bool), AccelError> {
+/// `daemon_ignore` must be ignored by the daemon itself (for engines that
+/// cannot hand a container's ignore list over, see [`AccelMethod`]); a
+/// running daemon without them is refused with the fix. Returns the pid
+/// and whether it was started now.
+pub async fn ensure_daemon(daemon_ignore: &[Ipv4Net]) -> Result<(u32, bool), AccelError> {
+    let flags = || {
+        daemon_ignore
+            .iter()
+            .map(|n| format!("--ignore {n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     if let Some(s) = daemon_status().await {
+        let missing = uncovered(daemon_ignore, &s.ignore);
+        if !missing.is_empty() {
+            return Err(AccelError::DaemonIgnore {
+                pid: s.pid,
+                missing: missing
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                why: "nerdctl 1.x sends its own fixed ignore list for each container".into(),
+                flags: flags(),
+            });
+        }
         return Ok((s.pid, false));
     }
     let binary = find_netaccel().ok_or(AccelError::NoBinary)?;
@@ -85,6 +127,11 @@ pub async fn ensure_daemon() -> Result<(u32, bool), AccelError> {
         .arg("daemon")
         .arg("--pid-file")
         .arg(dir.join("netaccel.pid"))
+        .args(
+            daemon_ignore
+                .iter()
+                .flat_map(|n| ["--ignore".to_owned(), n.to_string()]),
+        )
         .stdin(Stdio::null())
         .stdout(log_file)
         .stderr(log_err)
@@ -119,7 +166,7 @@ async fn wait_ready(log: &Path, limit: Duration) -> Result<(), AccelError> {
 /// Checks the engine can run the node under the wrapper; the error shows
 /// the configuration to add.
 pub fn check_runtime(kind: EngineKind, info: &EngineInfo, name: &str) -> Result<(), AccelError> {
-    if kind == EngineKind::Nerdctl || info.runtimes.iter().any(|r| r == name) {
+    if info.accel != AccelMethod::Runtime || info.runtimes.iter().any(|r| r == name) {
         return Ok(());
     }
     let wrapper = find_netaccel()
@@ -158,6 +205,7 @@ mod tests {
             version: "20.10".into(),
             rootless: true,
             runtimes: vec!["runc".into()],
+            ..Default::default()
         };
         let err = check_runtime(EngineKind::Docker, &info, "netaccel").expect_err("missing");
         let msg = err.to_string();
@@ -167,14 +215,33 @@ mod tests {
         );
         let err = check_runtime(EngineKind::Podman, &info, "netaccel").expect_err("missing");
         assert!(err.to_string().contains("containers.conf"), "{err}");
-        assert!(
-            check_runtime(EngineKind::Nerdctl, &info, "netaccel").is_ok(),
-            "nerdctl uses annotations"
-        );
+        // The CLI driver run with the docker CLI needs the runtime too.
+        assert!(check_runtime(EngineKind::Nerdctl, &info, "netaccel").is_err());
+        for method in [AccelMethod::NerdctlLabel, AccelMethod::NerdctlAnnotations] {
+            let nerdctl = EngineInfo {
+                accel: method,
+                ..info.clone()
+            };
+            assert!(
+                check_runtime(EngineKind::Nerdctl, &nerdctl, "netaccel").is_ok(),
+                "nerdctl switches bypass4netns itself"
+            );
+        }
         let with = EngineInfo {
             runtimes: vec!["netaccel".into(), "runc".into()],
             ..info
         };
         assert!(check_runtime(EngineKind::Docker, &with, "netaccel").is_ok());
+    }
+
+    #[test]
+    fn the_daemon_ignore_list_must_cover_the_node_ranges() {
+        let net = |s: &str| -> Ipv4Net { s.parse().expect("net") };
+        let any = |s: &str| -> IpNet { s.parse().expect("net") };
+        let needed = [net("10.244.0.0/16"), net("10.96.0.0/16"), net("10.100.7.0/24")];
+        assert_eq!(uncovered(&needed, &[]), needed);
+        let have = [any("10.244.0.0/16"), any("10.100.0.0/16"), any("fd00::/8")];
+        assert_eq!(uncovered(&needed, &have), [net("10.96.0.0/16")]);
+        assert!(uncovered(&needed, &[any("10.0.0.0/8")]).is_empty());
     }
 }

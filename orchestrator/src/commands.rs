@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use u7s::config::{self, Config, HostDefaults, Vars};
-use u7s::engine::{Engine, Node};
-use u7s::node::{Names, NodeSpec};
+use u7s::engine::{AccelMethod, Engine, EngineInfo, Node};
+use u7s::node::{self, Names, NodeSpec};
 use u7s::{accel, doctor, hostnet, image, kubeadm};
 
 /// The resolved settings of one invocation.
@@ -83,9 +83,10 @@ pub async fn up(ctx: &Context, with_accel: bool, rebuild: bool) -> Result<i32> {
     let engine = ctx.engine().await?;
     let info = engine.info().await?;
     step(format!(
-        "engine: {} {} at {}{}",
+        "engine: {} {}{} at {}{}",
         engine.kind().name(),
         info.version,
+        components(&info),
         engine.endpoint(),
         if info.rootless {
             " (rootless)"
@@ -99,7 +100,11 @@ pub async fn up(ctx: &Context, with_accel: bool, rebuild: bool) -> Result<i32> {
     let runtime_name = accel::runtime_name();
     if with_accel {
         accel::check_runtime(engine.kind(), &info, &runtime_name)?;
-        let (pid, started) = accel::ensure_daemon().await?;
+        let daemon_ignore = match info.accel {
+            AccelMethod::NerdctlLabel => node::accel_ignore(c),
+            AccelMethod::Runtime | AccelMethod::NerdctlAnnotations => Vec::new(),
+        };
+        let (pid, started) = accel::ensure_daemon(&daemon_ignore).await?;
         step(format!(
             "netaccel daemon: pid {pid}{}",
             if started {
@@ -117,8 +122,8 @@ pub async fn up(ctx: &Context, with_accel: bool, rebuild: bool) -> Result<i32> {
 
     let name = ctx.container();
     if let Some(existing) = engine.container(&name).await? {
-        let accel_now = existing.runtime == runtime_name;
-        if accel_now != with_accel && engine.kind() != config::EngineKind::Nerdctl {
+        let accel_now = existing.on_fast_path(&runtime_name);
+        if accel_now != with_accel {
             bail!(
                 "the node container {name} exists {} the fast path; `u7s down` first (state volumes stay), then `u7s up{}`",
                 if accel_now { "with" } else { "without" },
@@ -178,6 +183,9 @@ pub async fn up(ctx: &Context, with_accel: bool, rebuild: bool) -> Result<i32> {
 
     if let Some(b) = &build {
         if rebuild || !engine.image_exists(&image_name).await? {
+            if let Some(why) = &info.build_blocker {
+                bail!("cannot build the node image {image_name}: {why}");
+            }
             step(format!(
                 "building the node image {image_name} (this takes a while)"
             ));
@@ -201,14 +209,24 @@ pub async fn up(ctx: &Context, with_accel: bool, rebuild: bool) -> Result<i32> {
         step(format!("creating network {ours} ({})", c.node_subnet));
         engine.create_network(&spec).await?;
     }
-    for v in &spec.volumes {
-        engine.create_volume(&v.volume, &c.project).await?;
+    let created = async {
+        for v in &spec.volumes {
+            engine.create_volume(&v.volume, &c.project).await?;
+        }
+        step(format!(
+            "creating the node container {name} ({}, {})",
+            c.node_name, c.node_ip
+        ));
+        engine.create_container(&spec).await
+    };
+    if let Err(e) = created.await {
+        // Nothing half-made stays behind: the network this run created
+        // goes (volumes hold state and stay, as with `down`).
+        if !network_exists && engine.remove_network(&ours).await.is_ok() {
+            eprintln!("u7s: removed the network {ours} this run created");
+        }
+        return Err(e.into());
     }
-    step(format!(
-        "creating the node container {name} ({}, {})",
-        c.node_name, c.node_ip
-    ));
-    engine.create_container(&spec).await?;
     engine.start_container(&name).await?;
     wait_running(&engine, &name).await?;
     let ports: Vec<String> = spec
@@ -492,6 +510,9 @@ pub async fn doctor(
             facts.engine = Some(match &engine {
                 Ok(e) => match e.info().await {
                     Ok(info) => {
+                        if matches!(c.image, config::ImageSource::Build { .. }) {
+                            facts.image_build = Some(info.build_blocker.clone().map_or(Ok(()), Err));
+                        }
                         let runtime = accel::runtime_name();
                         facts.accel_runtime =
                             Some(accel::check_runtime(e.kind(), &info, &runtime).map_err(|x| x.to_string()));
@@ -529,14 +550,23 @@ pub async fn doctor(
     Ok(0)
 }
 
+/// " (containerd 1.6.20, runc 1.1.5)" where the engine names its parts.
+fn components(info: &EngineInfo) -> String {
+    if info.components.is_empty() || info.accel == AccelMethod::Runtime {
+        return String::new();
+    }
+    format!(" ({})", info.components.join(", "))
+}
+
 pub async fn status(ctx: &Context) -> Result<i32> {
     let c = &ctx.config;
     let engine = ctx.engine().await?;
     let info = engine.info().await?;
     println!(
-        "engine:     {} {} at {}{}",
+        "engine:     {} {}{} at {}{}",
         engine.kind().name(),
         info.version,
+        components(&info),
         engine.endpoint(),
         if info.rootless { " (rootless)" } else { "" }
     );
@@ -552,13 +582,13 @@ pub async fn status(ctx: &Context) -> Result<i32> {
                 .map(|(v, p, proto)| format!("{v}={p}/{}", proto.name()))
                 .collect();
             println!("ports:      {}", ports.join(" "));
-            let accelerated = i.runtime == accel::runtime_name();
+            let runtime = accel::runtime_name();
             println!(
                 "fast path:  {}",
-                if accelerated {
-                    format!("on (runtime {})", i.runtime)
-                } else {
-                    "off".into()
+                match (i.on_fast_path(&runtime), info.accel) {
+                    (false, _) => "off".to_owned(),
+                    (true, _) if i.runtime == runtime => format!("on (runtime {})", i.runtime),
+                    (true, method) => format!("on ({})", method.describe()),
                 }
             );
         }

@@ -47,6 +47,9 @@ pub struct HostFacts {
     pub taken_ports: Vec<String>,
     /// The kernel's ephemeral port range, and the published ports inside it.
     pub ephemeral: Option<(EphemeralPorts, Vec<(&'static str, u16)>)>,
+    /// Whether the engine can build the node image, when u7s must build it
+    /// (`None`: a prebuilt image is configured, or no engine was found).
+    pub image_build: Option<Result<(), String>>,
     /// Whether the engine knows the wrapper runtime (for `--accel`).
     pub accel_runtime: Option<Result<(), String>>,
     /// Where the netaccel binary is.
@@ -308,6 +311,16 @@ pub fn evaluate(f: &HostFacts, accel: bool) -> Vec<Finding> {
             },
         );
     }
+    match &f.image_build {
+        Some(Ok(())) => push(
+            "image build",
+            true,
+            Severity::Blocking,
+            "the engine can build the node image".into(),
+        ),
+        Some(Err(why)) => push("image build", false, Severity::Blocking, why.clone()),
+        None => {}
+    }
     if let Some((range, exposed)) = &f.ephemeral {
         push(
             "port range",
@@ -372,10 +385,25 @@ mod tests {
             })),
             taken_ports: Vec::new(),
             ephemeral: EphemeralPorts::parse("32768 60999", "").map(|r| (r, Vec::new())),
+            image_build: Some(Ok(())),
             accel_runtime: Some(Ok(())),
             netaccel: Some("/usr/local/bin/netaccel".into()),
             config_error: None,
         }
+    }
+
+    #[test]
+    fn an_engine_that_cannot_build_the_node_image_blocks_with_the_fix() {
+        let mut f = good();
+        f.image_build = Some(Err(
+            "nerdctl v1.7.7 builds images with BuildKit, and buildctl was not found: install BuildKit".into(),
+        ));
+        let found = evaluate(&f, false);
+        let build = found.iter().find(|x| x.check == "image build").expect("checked");
+        assert!(!build.ok && build.severity == Severity::Blocking, "{build:?}");
+        assert!(build.detail.contains("install BuildKit"), "{build:?}");
+        f.image_build = None;
+        assert!(!evaluate(&f, false).iter().any(|x| x.check == "image build"));
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub const PROJECT_MOUNT: &str = "/u7s";
 pub const PROJECT_LABEL: &str = "io.u7s.project";
 /// Label carrying the host IP (read by `status`; the entrypoint reads the env).
 pub const HOST_IP_LABEL: &str = "io.u7s.host-ip";
+/// Label on a node created with `--accel` (every engine shows labels back).
+pub const ACCEL_LABEL: &str = "io.u7s.accel";
 /// The node label kubelet registers, read by `sync-external-ip`.
 pub const NODE_HOST_IP_LABEL: &str = "u7s.io/host-ip";
 
@@ -69,7 +71,7 @@ pub struct NodeSpec {
     pub sysctls: BTreeMap<String, String>,
     pub env: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
-    /// OCI annotations (nerdctl's bypass4netns switches live here).
+    /// OCI annotations (the engine drivers add their fast-path switches).
     pub annotations: BTreeMap<String, String>,
     pub privileged: bool,
     pub restart: String,
@@ -167,13 +169,6 @@ impl NodeSpec {
             // passes neither labels nor annotations to the runtime).
             env.insert(netaccel::runtime::IGNORE_ENV.to_owned(), list.join(","));
             annotations.insert(netaccel::runtime::IGNORE_ANNOTATION.to_owned(), list.join(","));
-            // nerdctl ≥ 2.0 starts the fast path from these.
-            annotations.insert("nerdctl/bypass4netns".to_owned(), "true".to_owned());
-            annotations.insert(
-                "nerdctl/bypass4netns-ignore-subnets".to_owned(),
-                serde_json::to_string(&list).unwrap_or_default(),
-            );
-            annotations.insert("nerdctl/bypass4netns-ignore-bind".to_owned(), "true".to_owned());
             AccelSpec {
                 runtime: runtime.to_owned(),
                 ignore,
@@ -194,10 +189,17 @@ impl NodeSpec {
             tmpfs: vec!["/run".into(), "/tmp".into()],
             sysctls: BTreeMap::from([("net.ipv4.ip_forward".to_owned(), "1".to_owned())]),
             env,
-            labels: BTreeMap::from([
+            labels: [
                 (PROJECT_LABEL.to_owned(), p.clone()),
                 (HOST_IP_LABEL.to_owned(), config.host_ip.to_string()),
-            ]),
+            ]
+            .into_iter()
+            .chain(
+                accel
+                    .is_some()
+                    .then(|| (ACCEL_LABEL.to_owned(), "true".to_owned())),
+            )
+            .collect(),
             annotations,
             privileged: true,
             restart: "always".into(),
@@ -259,6 +261,7 @@ mod tests {
         );
         assert_eq!(s.env["U7S_HOST_IP"], "192.168.1.10");
         assert!(s.accel.is_none() && s.annotations.is_empty());
+        assert!(!s.labels.contains_key(ACCEL_LABEL));
     }
 
     #[test]
@@ -269,10 +272,12 @@ mod tests {
         assert_eq!(a.runtime, "netaccel");
         let want = format!("10.244.0.0/16,10.96.0.0/16,{}", c.node_subnet);
         assert_eq!(s.env[netaccel::runtime::IGNORE_ENV], want);
-        assert_eq!(s.annotations["nerdctl/bypass4netns"], "true");
-        let subnets: Vec<String> =
-            serde_json::from_str(&s.annotations["nerdctl/bypass4netns-ignore-subnets"]).expect("json list");
-        assert_eq!(subnets.join(","), want);
+        assert_eq!(s.annotations[netaccel::runtime::IGNORE_ANNOTATION], want);
+        assert_eq!(s.labels[ACCEL_LABEL], "true");
+        assert!(
+            !s.annotations.keys().any(|k| k.starts_with("nerdctl/")),
+            "engine switches are the drivers' business"
+        );
         assert_eq!(s.container, "u7s-t2-node");
         assert_eq!(s.volumes[0].volume, "u7s-t2-node-var");
     }

@@ -20,7 +20,7 @@ use futures::StreamExt;
 use ipnet::Ipv4Net;
 use tokio::io::AsyncWriteExt;
 
-use super::{context_tar, ContainerInfo, ContextFile, EngineError, EngineInfo};
+use super::{context_tar, AccelMethod, ContainerInfo, ContextFile, EngineError, EngineInfo};
 use crate::config::EngineKind;
 use crate::kubeadm::ExecOutput;
 use crate::node::{NodeSpec, PROJECT_LABEL};
@@ -90,6 +90,8 @@ impl ApiEngine {
             version: info.server_version.unwrap_or_default(),
             rootless,
             runtimes,
+            accel: AccelMethod::Runtime,
+            ..Default::default()
         })
     }
 

@@ -42,13 +42,45 @@ pub enum EngineError {
     Context { source: std::io::Error },
 }
 
+/// How an engine puts a container on the fast path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AccelMethod {
+    /// The netaccel runtime wrapper, registered with the engine as a
+    /// runtime (Docker, Podman); the node's ignore ranges travel in its
+    /// environment.
+    #[default]
+    Runtime,
+    /// nerdctl 1.x: the label `nerdctl/bypass4netns=true`. nerdctl sends a
+    /// fixed ignore list to the bypass4netnsd API, so the node's ranges
+    /// must be the daemon's own (`netaccel daemon --ignore`).
+    NerdctlLabel,
+    /// nerdctl ≥ 2.0: the `nerdctl/bypass4netns*` annotations, ignore
+    /// ranges included.
+    NerdctlAnnotations,
+}
+
+impl AccelMethod {
+    pub fn describe(self) -> &'static str {
+        match self {
+            AccelMethod::Runtime => "the netaccel runtime wrapper",
+            AccelMethod::NerdctlLabel => "nerdctl's bypass4netns label (nerdctl 1.x)",
+            AccelMethod::NerdctlAnnotations => "nerdctl's bypass4netns annotations (nerdctl >= 2.0)",
+        }
+    }
+}
+
 /// What `u7s status`/`doctor` show and `up` checks.
 #[derive(Debug, Clone, Default)]
 pub struct EngineInfo {
     pub version: String,
+    /// What else answers behind the engine ("containerd 1.6.20" for nerdctl).
+    pub components: Vec<String>,
     pub rootless: bool,
     /// Runtime names the engine knows (`--runtime` values).
     pub runtimes: Vec<String>,
+    pub accel: AccelMethod,
+    /// Why this engine cannot build the node image, with the fix.
+    pub build_blocker: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,6 +90,17 @@ pub struct ContainerInfo {
     pub image: String,
     pub runtime: String,
     pub labels: BTreeMap<String, String>,
+}
+
+impl ContainerInfo {
+    /// Whether the container was created on the fast path: u7s's label, or
+    /// (for nodes made before it) the wrapper runtime `runtime_name`.
+    pub fn on_fast_path(&self, runtime_name: &str) -> bool {
+        self.labels
+            .get(crate::node::ACCEL_LABEL)
+            .is_some_and(|v| v == "true")
+            || (!self.runtime.is_empty() && self.runtime == runtime_name)
+    }
 }
 
 /// A file of a build context.

@@ -1,7 +1,12 @@
 //! nerdctl through its CLI (it has no API socket). Arguments are rendered
-//! by typed builders (`*_args` functions, unit-tested); a failure carries
-//! the tool's stderr. The flags are the Docker CLI's, which nerdctl mirrors,
-//! so the same driver also runs against `docker` (that is how it is tested).
+//! by typed builders ([`args`]); answers are read by [`answers`], which
+//! handles both the docker CLI's and nerdctl's way of answering (nerdctl
+//! mirrors docker's flags, not all of its behaviour), so the same driver
+//! also runs against `docker` (that is how it is tested end to end). A
+//! failure carries the tool's stderr.
+
+pub mod answers;
+pub mod args;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,140 +14,26 @@ use std::process::{ExitStatus, Stdio};
 
 use ipnet::Ipv4Net;
 use serde_json::Value;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
+use tokio::sync::OnceCell;
 
 use super::{context_dir, ContainerInfo, ContextFile, EngineError, EngineInfo};
 use crate::config::EngineKind;
 use crate::kubeadm::ExecOutput;
 use crate::node::{NodeSpec, PROJECT_LABEL};
+use answers::CliVersion;
+pub use args::{build_cmd_args, create_args, exec_args, logs_args, network_create_args};
 
 pub struct CliEngine {
     kind: EngineKind,
     program: PathBuf,
+    /// `version`, asked once.
+    version: OnceCell<CliVersion>,
 }
 
-/// `create` arguments for the node container.
-pub fn create_args(spec: &NodeSpec) -> Vec<String> {
-    let mut a: Vec<String> = vec![
-        "create".into(),
-        "--name".into(),
-        spec.container.clone(),
-        "--hostname".into(),
-        spec.hostname.clone(),
-        "--network".into(),
-        spec.network.name.clone(),
-        "--ip".into(),
-        spec.ip.to_string(),
-        "--restart".into(),
-        spec.restart.clone(),
-        "--workdir".into(),
-        spec.working_dir.clone(),
-    ];
-    if spec.privileged {
-        a.push("--privileged".into());
-    }
-    for p in &spec.ports {
-        let host = match &p.host_ip {
-            Some(ip) => format!("{ip}:{}", p.host_port),
-            None => p.host_port.to_string(),
-        };
-        a.push("--publish".into());
-        a.push(format!("{host}:{}/{}", p.container_port, p.protocol.name()));
-    }
-    for v in &spec.volumes {
-        a.push("--volume".into());
-        a.push(format!("{}:{}", v.volume, v.target));
-    }
-    for b in &spec.binds {
-        a.push("--volume".into());
-        let ro = if b.read_only { ":ro" } else { "" };
-        a.push(format!("{}:{}{ro}", b.source.display(), b.target));
-    }
-    for t in &spec.tmpfs {
-        a.push("--tmpfs".into());
-        a.push(t.clone());
-    }
-    for (k, v) in &spec.sysctls {
-        a.push("--sysctl".into());
-        a.push(format!("{k}={v}"));
-    }
-    for (k, v) in &spec.env {
-        a.push("--env".into());
-        a.push(format!("{k}={v}"));
-    }
-    for (k, v) in &spec.labels {
-        a.push("--label".into());
-        a.push(format!("{k}={v}"));
-    }
-    for (k, v) in &spec.annotations {
-        a.push("--annotation".into());
-        a.push(format!("{k}={v}"));
-    }
-    if let Some(accel) = &spec.accel {
-        // nerdctl starts the fast path from the annotations; another CLI
-        // engine (docker) needs the wrapper runtime.
-        if !spec.annotations.contains_key("nerdctl/bypass4netns") {
-            a.push("--runtime".into());
-            a.push(accel.runtime.clone());
-        }
-    }
-    a.push(spec.image.clone());
-    a
-}
-
-pub fn network_create_args(spec: &NodeSpec) -> Vec<String> {
-    vec![
-        "network".into(),
-        "create".into(),
-        "--driver".into(),
-        "bridge".into(),
-        "--subnet".into(),
-        spec.network.subnet.to_string(),
-        "--label".into(),
-        format!(
-            "{PROJECT_LABEL}={}",
-            spec.labels.get(PROJECT_LABEL).cloned().unwrap_or_default()
-        ),
-        spec.network.name.clone(),
-    ]
-}
-
-pub fn build_cmd_args(dir: &Path, tag: &str, build_args: &BTreeMap<String, String>) -> Vec<String> {
-    let mut a: Vec<String> = vec!["build".into(), "--tag".into(), tag.into()];
-    for (k, v) in build_args {
-        a.push("--build-arg".into());
-        a.push(format!("{k}={v}"));
-    }
-    a.push(dir.display().to_string());
-    a
-}
-
-pub fn exec_args(container: &str, argv: &[String], interactive: bool, tty: bool) -> Vec<String> {
-    let mut a: Vec<String> = vec!["exec".into()];
-    if interactive {
-        a.push("--interactive".into());
-    }
-    if tty {
-        a.push("--tty".into());
-    }
-    a.push(container.into());
-    a.extend(argv.iter().cloned());
-    a
-}
-
-pub fn logs_args(container: &str, follow: bool, tail: Option<u64>) -> Vec<String> {
-    let mut a: Vec<String> = vec!["logs".into()];
-    if follow {
-        a.push("--follow".into());
-    }
-    if let Some(t) = tail {
-        a.push("--tail".into());
-        a.push(t.to_string());
-    }
-    a.push(container.into());
-    a
-}
+/// How much of a command's stderr is kept to read its real exit status.
+const STDERR_TAIL: usize = 4096;
 
 fn is_missing(stderr: &str) -> bool {
     let s = stderr.to_ascii_lowercase();
@@ -151,7 +42,11 @@ fn is_missing(stderr: &str) -> bool {
 
 impl CliEngine {
     pub fn new(kind: EngineKind, program: PathBuf) -> Self {
-        Self { kind, program }
+        Self {
+            kind,
+            program,
+            version: OnceCell::new(),
+        }
     }
 
     pub fn kind(&self) -> EngineKind {
@@ -221,6 +116,56 @@ impl CliEngine {
             })
     }
 
+    /// Runs with the user's stdin and stdout; stderr is shown as it comes
+    /// and its last part kept. Returns the exec'd process's real status.
+    async fn exec_attached(&self, args: &[String]) -> Result<i64, EngineError> {
+        let spawn_err = |source| EngineError::Spawn {
+            program: self.program.display().to_string(),
+            source,
+        };
+        let mut child = self
+            .command(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn_err)?;
+        let mut tail: Vec<u8> = Vec::new();
+        if let Some(mut err) = child.stderr.take() {
+            let mut shown = tokio::io::stderr();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = match err.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let _ = shown.write_all(&buf[..n]).await;
+                let _ = shown.flush().await;
+                tail.extend_from_slice(&buf[..n]);
+                let excess = tail.len().saturating_sub(STDERR_TAIL);
+                tail.drain(..excess);
+            }
+        }
+        let status = child.wait().await.map_err(spawn_err)?;
+        Ok(answers::exec_status(
+            exit_code(status),
+            &String::from_utf8_lossy(&tail),
+        ))
+    }
+
+    /// What the CLI's `version` says (asked once).
+    async fn version(&self) -> Result<&CliVersion, EngineError> {
+        self.version
+            .get_or_try_init(|| async {
+                let out = self
+                    .run(&["version".into(), "--format".into(), "{{json .}}".into()])
+                    .await?;
+                answers::cli_version(&out).map_err(|detail| EngineError::Unexpected {
+                    what: "version".into(),
+                    detail,
+                })
+            })
+            .await
+    }
+
     fn json(what: &str, bytes: &[u8]) -> Result<Value, EngineError> {
         serde_json::from_slice(bytes).map_err(|e| EngineError::Unexpected {
             what: what.to_owned(),
@@ -238,13 +183,19 @@ impl CliEngine {
             .map(|m| m.keys().cloned().collect())
             .unwrap_or_default();
         runtimes.sort();
+        // info's ServerVersion is containerd's under nerdctl: the version
+        // answer names the engine properly.
+        let version = self.version().await?;
         Ok(EngineInfo {
-            version: v["ServerVersion"].as_str().unwrap_or_default().to_owned(),
+            version: version.version.clone(),
+            components: version.components.clone(),
             rootless: v["SecurityOptions"].as_array().is_some_and(|o| {
                 o.iter()
                     .any(|x| x.as_str().is_some_and(|s| s.contains("rootless")))
             }),
             runtimes,
+            accel: version.accel,
+            build_blocker: version.build_blocker.clone(),
         })
     }
 
@@ -260,6 +211,11 @@ impl CliEngine {
         build_args: &BTreeMap<String, String>,
         progress: &mut (dyn FnMut(&str) + Send),
     ) -> Result<(), EngineError> {
+        if let Some(detail) = &self.version().await?.build_blocker {
+            return Err(EngineError::Build {
+                detail: detail.clone(),
+            });
+        }
         let dir = tempfile_dir()?;
         context_dir(files, dir.path())?;
         let args = build_cmd_args(dir.path(), tag, build_args);
@@ -310,35 +266,16 @@ impl CliEngine {
                 "{{.Name}}".into(),
             ])
             .await?;
-        let names: Vec<String> = String::from_utf8_lossy(&names)
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let names = answers::network_names(&names);
         if names.is_empty() {
             return Ok(Vec::new());
         }
         let mut args: Vec<String> = vec!["network".into(), "inspect".into()];
         args.extend(names);
-        let v = Self::json("network inspect", &self.run(&args).await?)?;
-        Ok(v.as_array()
-            .map(|nets| {
-                nets.iter()
-                    .map(|n| {
-                        let subnets = n["IPAM"]["Config"]
-                            .as_array()
-                            .map(|c| {
-                                c.iter()
-                                    .filter_map(|x| x["Subnet"].as_str()?.parse().ok())
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        (n["Name"].as_str().unwrap_or_default().to_owned(), subnets)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default())
+        answers::network_subnets(&self.run(&args).await?).map_err(|detail| EngineError::Unexpected {
+            what: "network inspect".into(),
+            detail,
+        })
     }
 
     pub async fn create_network(&self, spec: &NodeSpec) -> Result<(), EngineError> {
@@ -358,7 +295,17 @@ impl CliEngine {
             format!("{PROJECT_LABEL}={project}"),
             name.into(),
         ];
-        self.run(&args).await.map(drop)
+        let out = self.output(&args).await?;
+        if out.status.success() {
+            return Ok(());
+        }
+        // docker's create is idempotent; nerdctl's fails on an existing
+        // volume ("file exists"): one that inspects fine is what we wanted.
+        let inspect: Vec<String> = vec!["volume".into(), "inspect".into(), name.into()];
+        if self.output(&inspect).await?.status.success() {
+            return Ok(());
+        }
+        Err(self.failed(&args, out.status, &out.stderr))
     }
 
     pub async fn remove_volume(&self, name: &str) -> Result<bool, EngineError> {
@@ -371,26 +318,17 @@ impl CliEngine {
         let Some(stdout) = self.run_unless_missing(&args).await? else {
             return Ok(None);
         };
-        let v = Self::json("container inspect", &stdout)?;
-        let c = &v[0];
-        Ok(Some(ContainerInfo {
-            running: c["State"]["Running"].as_bool().unwrap_or(false),
-            status: c["State"]["Status"].as_str().unwrap_or_default().to_owned(),
-            image: c["Config"]["Image"].as_str().unwrap_or_default().to_owned(),
-            runtime: c["HostConfig"]["Runtime"].as_str().unwrap_or_default().to_owned(),
-            labels: c["Config"]["Labels"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        }))
+        answers::container_info(&stdout)
+            .map(Some)
+            .map_err(|detail| EngineError::Unexpected {
+                what: "container inspect".into(),
+                detail,
+            })
     }
 
     pub async fn create_container(&self, spec: &NodeSpec) -> Result<(), EngineError> {
-        self.run(&create_args(spec)).await.map(drop)
+        let method = self.version().await?.accel;
+        self.run(&create_args(spec, method)).await.map(drop)
     }
 
     pub async fn start_container(&self, name: &str) -> Result<(), EngineError> {
@@ -399,7 +337,10 @@ impl CliEngine {
 
     pub async fn remove_container(&self, name: &str) -> Result<bool, EngineError> {
         let args: Vec<String> = vec!["rm".into(), "--force".into(), name.into()];
-        Ok(self.run_unless_missing(&args).await?.is_some())
+        Ok(self
+            .run_unless_missing(&args)
+            .await?
+            .is_some_and(|out| answers::removed(&out)))
     }
 
     pub async fn exec(
@@ -411,15 +352,14 @@ impl CliEngine {
         let args = exec_args(container, argv, false, false);
         if live {
             // Shown as it comes; the captured output is then empty.
-            let status = self.run_attached(&args).await?;
             return Ok(ExecOutput {
-                code: exit_code(status),
+                code: self.exec_attached(&args).await?,
                 ..Default::default()
             });
         }
         let out = self.output(&args).await?;
         Ok(ExecOutput {
-            code: exit_code(out.status),
+            code: answers::exec_status(exit_code(out.status), &String::from_utf8_lossy(&out.stderr)),
             stdout: out.stdout,
             stderr: out.stderr,
         })
@@ -427,8 +367,7 @@ impl CliEngine {
 
     pub async fn exec_interactive(&self, container: &str, argv: &[String]) -> Result<i64, EngineError> {
         let tty = super::terminal::stdin_is_terminal();
-        let status = self.run_attached(&exec_args(container, argv, true, tty)).await?;
-        Ok(exit_code(status))
+        self.exec_attached(&exec_args(container, argv, true, tty)).await
     }
 
     pub async fn logs(&self, container: &str, follow: bool, tail: Option<u64>) -> Result<(), EngineError> {
@@ -460,109 +399,73 @@ fn exit_code(status: ExitStatus) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{resolve, HostDefaults, Vars};
+    use crate::engine::AccelMethod;
 
-    fn spec(accel: Option<&str>) -> NodeSpec {
-        let c = resolve(
-            &Vars::layered(&[], |_| None, &[("NODE_SUBNET", "10.100.7.0/24".into())]),
-            &HostDefaults {
-                hostname: "alpha".into(),
-                default_route_ip: Some("192.168.1.10".parse().expect("ip")),
-                current_dir: "/c".into(),
-            },
-        )
-        .expect("config");
-        NodeSpec::new(&c, "u7s-node:test", accel, |_| false)
+    /// A stand-in for nerdctl that replays the real nerdctl 1.7.7 captures
+    /// (orchestrator/tests/fixtures/nerdctl-1.7.7): a command line that was
+    /// captured gets that capture's stdout, stderr and status; one captured
+    /// twice (volume create) gets its captures in order. Anything else fails
+    /// loudly, so the driver is held to commands nerdctl really answered.
+    fn replaying_nerdctl(dir: &Path) -> PathBuf {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nerdctl-1.7.7");
+        let script = dir.join("nerdctl");
+        let body = format!(
+            r#"#!/bin/sh
+want="nerdctl $*"
+for cmd in {fixtures}/*.cmd; do
+    [ "$(cat "$cmd")" = "$want" ] || continue
+    name=$(basename "$cmd" .cmd)
+    [ -e "{state}/$name" ] && continue
+    : > "{state}/$name"
+    cat "{fixtures}/$name.stdout"
+    cat "{fixtures}/$name.stderr" >&2
+    exit "$(cat "{fixtures}/$name.exit")"
+done
+echo "no capture (left) for: $want" >&2
+exit 99
+"#,
+            fixtures = fixtures.display(),
+            state = dir.display()
+        );
+        std::fs::write(&script, body).expect("script");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        script
     }
 
-    fn pairs(a: &[String], flag: &str) -> Vec<String> {
-        a.windows(2)
-            .filter(|w| w[0] == flag)
-            .map(|w| w[1].clone())
-            .collect()
-    }
-
-    #[test]
-    fn create_renders_every_part_of_the_spec() {
-        let a = create_args(&spec(None));
-        assert_eq!(a[0], "create");
-        assert_eq!(a.last().map(String::as_str), Some("u7s-node:test"));
-        assert_eq!(pairs(&a, "--ip"), ["10.100.7.100"]);
-        assert_eq!(pairs(&a, "--network"), ["u7s-net"]);
+    #[tokio::test]
+    async fn the_driver_handles_what_the_real_nerdctl_answers() {
+        let dir = tempfile::tempdir().expect("dir");
+        let e = CliEngine::new(EngineKind::Nerdctl, replaying_nerdctl(dir.path()));
+        // `network ls` lists host and none, which nerdctl will not inspect.
+        let nets = e.network_subnets().await.expect("subnets");
         assert_eq!(
-            pairs(&a, "--publish"),
-            [
-                "2379:2379/tcp",
-                "6443:6443/tcp",
-                "10250:10250/tcp",
-                "8472:8472/udp"
-            ]
+            nets,
+            [("bridge".to_owned(), vec!["10.4.0.0/24".parse().expect("net")])]
         );
-        assert_eq!(
-            pairs(&a, "--volume"),
-            [
-                "u7s-node-var:/var",
-                "u7s-node-opt:/opt",
-                "u7s-node-etc:/etc",
-                "/c:/u7s:ro"
-            ]
-        );
-        assert_eq!(pairs(&a, "--tmpfs"), ["/run", "/tmp"]);
-        assert_eq!(pairs(&a, "--sysctl"), ["net.ipv4.ip_forward=1"]);
-        assert!(pairs(&a, "--env").contains(&"U7S_HOST_IP=192.168.1.10".to_owned()));
-        assert!(a.contains(&"--privileged".to_owned()));
-        assert!(pairs(&a, "--annotation").is_empty());
-        assert!(pairs(&a, "--runtime").is_empty());
-    }
-
-    #[test]
-    fn accel_on_nerdctl_is_annotations_not_a_runtime() {
-        let a = create_args(&spec(Some("netaccel")));
-        let ann = pairs(&a, "--annotation");
-        assert!(ann.contains(&"nerdctl/bypass4netns=true".to_owned()), "{ann:?}");
-        assert!(pairs(&a, "--runtime").is_empty());
-    }
-
-    #[test]
-    fn other_builders() {
-        let s = spec(None);
-        assert_eq!(
-            network_create_args(&s),
-            [
-                "network",
-                "create",
-                "--driver",
-                "bridge",
-                "--subnet",
-                "10.100.7.0/24",
-                "--label",
-                "io.u7s.project=u7s",
-                "u7s-net"
-            ]
-        );
-        let b = build_cmd_args(
-            Path::new("/tmp/ctx"),
-            "u7s-node:1",
-            &BTreeMap::from([("BASE_IMAGE".into(), "kindest/node:v1.30.0".into())]),
-        );
-        assert_eq!(
-            b,
-            [
-                "build",
-                "--tag",
-                "u7s-node:1",
-                "--build-arg",
-                "BASE_IMAGE=kindest/node:v1.30.0",
-                "/tmp/ctx"
-            ]
-        );
-        assert_eq!(
-            exec_args("n", &["bash".into()], true, true),
-            ["exec", "--interactive", "--tty", "n", "bash"]
-        );
-        assert_eq!(
-            logs_args("n", true, Some(5)),
-            ["logs", "--follow", "--tail", "5", "n"]
-        );
+        // Creating a volume that exists fails in nerdctl; that is success.
+        e.create_volume("fx-vol", "fx").await.expect("first create");
+        e.create_volume("fx-vol", "fx")
+            .await
+            .expect("second create is idempotent");
+        // The exec'd process's status, not nerdctl's 1.
+        let argv: Vec<String> = ["/bin/busybox", "sh", "-c", "exit 4"].map(String::from).into();
+        assert_eq!(e.exec("fx-c", &argv, false).await.expect("exec").code, 4);
+        let missing: Vec<String> = vec!["/no/such/cmd".into()];
+        assert_eq!(e.exec("fx-c", &missing, true).await.expect("exec").code, 127);
+        // A missing container is not reported as removed.
+        assert!(!e.remove_container("fx-no-such").await.expect("rm"));
+        assert!(e.remove_container("fx-c").await.expect("rm"));
+        // nerdctl's version, its switch for the fast path, no BuildKit.
+        let info = e.info().await.expect("info");
+        assert_eq!(info.version, "v1.7.7");
+        assert!(info.rootless);
+        assert_eq!(info.accel, AccelMethod::NerdctlLabel);
+        assert!(info.build_blocker.is_some());
+        let build = e
+            .build_image(&[], "u7s-node:x", &BTreeMap::new(), &mut |_| {})
+            .await
+            .expect_err("no BuildKit");
+        assert!(build.to_string().contains("buildctl"), "{build}");
     }
 }
