@@ -3,7 +3,9 @@
 # Idempotent: run it again at any time; it only changes what is missing.
 #
 #   - packages: runc, slirp4netns, passt (pasta), rootlesskit, uidmap, docker.io, podman, iperf3, busybox-static,
-#     util-linux, iproute2, socat, libseccomp-dev, pkg-config
+#     util-linux, iproute2, socat, libseccomp-dev, pkg-config; for netbench's real clients and servers:
+#     apache2-utils (ab), nginx-light, redis-server, redis-tools (redis-benchmark), postgresql (pgbench);
+#     none of their services is started here (netbench runs its own in a peer namespace)
 #   - /dev/net/tun usable by users (mode 0666, as most distributions ship it)
 #   - unprivileged user namespaces enabled
 #   - the test user (U7S_TEST_USER, default u7s-test) with subordinate ids
@@ -19,7 +21,8 @@ die() { printf '[init-host] error: %s\n' "$*" >&2; exit 1; }
 command -v apt-get >/dev/null || die "apt-get not found: this script supports Debian and Ubuntu"
 
 PACKAGES=(runc slirp4netns passt rootlesskit uidmap docker.io podman iperf3 busybox-static util-linux iproute2
-          socat libseccomp-dev pkg-config ca-certificates)
+          socat libseccomp-dev pkg-config ca-certificates
+          apache2-utils nginx-light redis-server redis-tools postgresql)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,7 +31,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
     say "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Install without starting services (system docker, nginx, redis, PostgreSQL): everything here runs
+    # rootless or in netbench's own namespaces. policy-rc.d is Debian's switch for that, honoured on
+    # systemd hosts too; one the host already has is left alone.
+    own_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && own_policy=1
+    fi
+    installed=1
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || installed=
+    if [ -n "$own_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+    [ -n "$installed" ] || die "apt-get install failed"
 else
     say "packages present"
 fi

@@ -43,6 +43,14 @@ impl NetPath {
         }
     }
 
+    /// Where labnet is for a command run on this path.
+    pub fn labnet(&self, lab: &Lab) -> String {
+        match self {
+            NetPath::Host => lab.bin_dir().join("labnet").display().to_string(),
+            NetPath::Container { .. } | NetPath::Netaccel { .. } => "/lab/labnet".into(),
+        }
+    }
+
     /// Paths whose failure leaves them out of the run instead of failing it
     /// (comparisons we do not ship: Debian's 2023 pasta drops connections
     /// now and then).

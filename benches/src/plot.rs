@@ -1,12 +1,13 @@
-//! The SVG plot: throughput per direction and stream count, and the
-//! connection rate, one bar per path (medians).
+//! The SVG plot: throughput per direction and stream count, and connection
+//! rates with one and several clients, one bar per path (medians).
 
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::probes::Metric;
+use crate::metrics::Metric;
 use crate::report::PathSamples;
 
 const THROUGHPUT: [(Metric, &str); 5] = [
@@ -15,6 +16,13 @@ const THROUGHPUT: [(Metric, &str); 5] = [
     (Metric::Down1, "down, 1 stream"),
     (Metric::Down4, "down, 4 streams"),
     (Metric::In1, "published, 1 stream"),
+];
+
+const CONNECTIONS: [(Metric, &str); 4] = [
+    (Metric::ConnRate, "1 client"),
+    (Metric::ConnRate8, "1 thread × 8"),
+    (Metric::ConnRate4x2, "4 threads × 2"),
+    (Metric::HostIpRate, "to the host's IP"),
 ];
 
 /// Names categories at their centres (x = i + 0.5) and leaves other ticks blank.
@@ -31,41 +39,41 @@ fn median(p: &PathSamples, m: Metric) -> f64 {
     p.summary(m).map(|s| s.median).unwrap_or(0.0)
 }
 
-pub fn write_svg(out: &Path, paths: &[PathSamples]) -> Result<()> {
-    let root = SVGBackend::new(out, (1600, 540)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-    let (left, right) = root.split_horizontally(980);
+/// One group of bars per metric, one bar per path, with a legend.
+fn grouped_bars(
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    caption: &str,
+    unit: &str,
+    groups: &[(Metric, &str)],
+    paths: &[PathSamples],
+) -> Result<()> {
     let bar = 0.8 / paths.len().max(1) as f64;
-    let groups: Vec<String> = THROUGHPUT.iter().map(|(_, l)| l.to_string()).collect();
-
+    let names: Vec<String> = groups.iter().map(|(_, l)| l.to_string()).collect();
     let top = paths
         .iter()
-        .flat_map(|p| THROUGHPUT.iter().map(move |(m, _)| median(p, *m)))
+        .flat_map(|p| groups.iter().map(move |(m, _)| median(p, *m)))
         .fold(1.0, f64::max)
         * 1.4; // headroom for the legend
-    let mut chart = ChartBuilder::on(&left)
-        .caption(
-            "TCP throughput: container ↔ peer, host → published port (median)",
-            ("sans-serif", 22),
-        )
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(36)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0f64..THROUGHPUT.len() as f64, 0f64..top)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..groups.len() as f64, 0f64..top)
         .map_err(|e| anyhow!("{e}"))?;
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(THROUGHPUT.len() * 2 + 1)
-        .x_label_formatter(&|x| category_label(*x, &groups))
+        .x_labels(groups.len() * 2 + 1)
+        .x_label_formatter(&|x| category_label(*x, &names))
         .y_label_formatter(&|v| format!("{v:.0}"))
-        .y_desc("Gbit/s")
+        .y_desc(unit)
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
     for (i, p) in paths.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart
-            .draw_series(THROUGHPUT.iter().enumerate().map(|(g, (m, _))| {
+            .draw_series(groups.iter().enumerate().map(|(g, (m, _))| {
                 let x0 = g as f64 + 0.1 + i as f64 * bar;
                 Rectangle::new([(x0, 0.0), (x0 + bar * 0.9, median(p, *m))], color.filled())
             }))
@@ -80,42 +88,27 @@ pub fn write_svg(out: &Path, paths: &[PathSamples]) -> Result<()> {
         .border_style(BLACK)
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
 
-    let top = paths
-        .iter()
-        .map(|p| median(p, Metric::ConnRate))
-        .fold(1.0, f64::max)
-        * 1.4; // headroom for the legend
-    let mut chart = ChartBuilder::on(&right)
-        .caption("short connections per second", ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0f64..paths.len() as f64, 0f64..top)
-        .map_err(|e| anyhow!("{e}"))?;
-    let names: Vec<String> = paths.iter().map(|p| p.name.clone()).collect();
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(paths.len() * 2 + 1)
-        .x_label_formatter(&|x| category_label(*x, &names))
-        .x_label_style(("sans-serif", 11))
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .y_desc("connections/s")
-        .draw()
-        .map_err(|e| anyhow!("{e}"))?;
-    chart
-        .draw_series(paths.iter().enumerate().map(|(i, p)| {
-            let color = Palette99::pick(i).to_rgba();
-            Rectangle::new(
-                [
-                    (i as f64 + 0.15, 0.0),
-                    (i as f64 + 0.85, median(p, Metric::ConnRate)),
-                ],
-                color.filled(),
-            )
-        }))
-        .map_err(|e| anyhow!("{e}"))?;
+pub fn write_svg(out: &Path, paths: &[PathSamples]) -> Result<()> {
+    let root = SVGBackend::new(out, (1800, 540)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let (left, right) = root.split_horizontally(1000);
+    grouped_bars(
+        &left,
+        "TCP throughput: container ↔ peer, host → published port (median)",
+        "Gbit/s",
+        &THROUGHPUT,
+        paths,
+    )?;
+    grouped_bars(
+        &right,
+        "short connections per second (median)",
+        "connections/s",
+        &CONNECTIONS,
+        paths,
+    )?;
     root.present().map_err(|e| anyhow!("{e}"))?;
     Ok(())
 }

@@ -1,77 +1,15 @@
-//! What is measured on each path, and how each result is read.
+//! What the project's own probes (iperf3, labnet) measure on each path,
+//! and how each result is read.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
 
+use crate::metrics::{Metric, Sample};
 use crate::paths::NetPath;
 use rootless_lab::peer::Server;
 use rootless_lab::{Lab, PeerHost};
-
-/// One number the benchmark reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Metric {
-    Up1,
-    Up4,
-    Down1,
-    Down4,
-    In1,
-    In4,
-    ConnRate,
-    ConnectP50,
-    ConnectP99,
-    RoundTripP50,
-    RoundTripP99,
-}
-
-impl Metric {
-    pub const ALL: [Metric; 11] = [
-        Metric::Up1,
-        Metric::Up4,
-        Metric::Down1,
-        Metric::Down4,
-        Metric::In1,
-        Metric::In4,
-        Metric::ConnRate,
-        Metric::ConnectP50,
-        Metric::ConnectP99,
-        Metric::RoundTripP50,
-        Metric::RoundTripP99,
-    ];
-
-    pub fn key(self) -> &'static str {
-        match self {
-            Metric::Up1 => "container_to_peer_1_stream_gbit_s",
-            Metric::Up4 => "container_to_peer_4_streams_gbit_s",
-            Metric::Down1 => "peer_to_container_1_stream_gbit_s",
-            Metric::Down4 => "peer_to_container_4_streams_gbit_s",
-            Metric::In1 => "host_to_published_port_1_stream_gbit_s",
-            Metric::In4 => "host_to_published_port_4_streams_gbit_s",
-            Metric::ConnRate => "connections_per_s",
-            Metric::ConnectP50 => "connect_p50_us",
-            Metric::ConnectP99 => "connect_p99_us",
-            Metric::RoundTripP50 => "request_response_p50_us",
-            Metric::RoundTripP99 => "request_response_p99_us",
-        }
-    }
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Metric::Up1 => "TCP container → peer, 1 stream (Gbit/s)",
-            Metric::Up4 => "TCP container → peer, 4 streams (Gbit/s)",
-            Metric::Down1 => "TCP peer → container, 1 stream (Gbit/s)",
-            Metric::Down4 => "TCP peer → container, 4 streams (Gbit/s)",
-            Metric::In1 => "TCP host → published port, 1 stream (Gbit/s)",
-            Metric::In4 => "TCP host → published port, 4 streams (Gbit/s)",
-            Metric::ConnRate => "short connections per second",
-            Metric::ConnectP50 => "connect latency p50 (µs)",
-            Metric::ConnectP99 => "connect latency p99 (µs)",
-            Metric::RoundTripP50 => "64-byte request/response p50 (µs)",
-            Metric::RoundTripP99 => "64-byte request/response p99 (µs)",
-        }
-    }
-}
 
 /// Seconds iperf3 runs before it starts counting: slow start, and the CPU
 /// a container start leaves behind on a 2-core machine, stay out of the
@@ -87,6 +25,9 @@ pub struct Servers<'a> {
     pub inbound_port: u16,
     pub echo: String,
     pub accept_close: String,
+    /// An accept-and-close server on the host's own address (the host side
+    /// of the peer link), the set-up of a container talking to its host.
+    pub host_accept_close: String,
 }
 
 impl Servers<'_> {
@@ -142,7 +83,7 @@ pub fn measure_all(
     path: &NetPath,
     servers: &Servers,
     settings: &ProbeSettings,
-) -> Result<Vec<(Metric, f64)>> {
+) -> Result<Vec<Sample>> {
     let secs = settings.seconds.to_string();
     let timeout = Duration::from_secs(u64::from(settings.seconds) + 60);
     let host = servers.peer.addr.to_string();
@@ -174,20 +115,88 @@ pub fn measure_all(
             args.extend(["-R", "--rcv-timeout", "10000"]);
         }
         let out = path.run_with(lab, &args, timeout, || servers.fresh_iperf())?;
-        samples.push((metric, iperf_gbits(&out)?));
+        samples.push(Sample::clean(metric, iperf_gbits(&out)?));
     }
     for (metric, streams) in [(Metric::In1, "1"), (Metric::In4, "4")] {
-        samples.push((metric, inbound(lab, path, servers.inbound_port, &secs, streams)?));
+        samples.push(Sample::clean(
+            metric,
+            inbound(lab, path, servers.inbound_port, &secs, streams)?,
+        ));
     }
-    let out = path.run(
-        lab,
-        &["labnet", "connrate", &servers.accept_close, "--seconds", &secs],
-        timeout,
-    )?;
-    let v = last_json(&out)?;
-    samples.push((Metric::ConnRate, number(&v, "per_s")?));
-    samples.push((Metric::ConnectP50, number(&v, "p50_us")?));
-    samples.push((Metric::ConnectP99, number(&v, "p99_us")?));
+    let connrate = |dst: &str, clients: [&str; 2]| -> Result<Value> {
+        let [threads, inflight] = clients;
+        let out = path.run(
+            lab,
+            &[
+                "labnet",
+                "connrate",
+                dst,
+                "--seconds",
+                &secs,
+                "--threads",
+                threads,
+                "--inflight",
+                inflight,
+            ],
+            timeout,
+        )?;
+        last_json(&out)
+    };
+    let v = connrate(&servers.accept_close, ["1", "1"])?;
+    let problem = connrate_problem(&v);
+    samples.push(Sample {
+        metric: Metric::ConnRate,
+        value: number(&v, "per_s")?,
+        problem: problem.clone(),
+    });
+    samples.push(Sample::clean(Metric::ConnectP50, number(&v, "p50_us")?));
+    samples.push(Sample::clean(Metric::ConnectP99, number(&v, "p99_us")?));
+    samples.push(Sample {
+        metric: Metric::ConnectMax,
+        value: number(&v, "max_us")?,
+        problem,
+    });
+    for (metric, dst, clients) in [
+        (Metric::ConnRate8, &servers.accept_close, ["1", "8"]),
+        (Metric::ConnRate4x2, &servers.accept_close, ["4", "2"]),
+        (Metric::HostIpRate, &servers.host_accept_close, ["1", "1"]),
+    ] {
+        let v = connrate(dst, clients)?;
+        samples.push(Sample {
+            metric,
+            value: number(&v, "per_s")?,
+            problem: connrate_problem(&v),
+        });
+    }
+    // Connects no fast path bypasses: loopback inside the path's own
+    // namespace, and inside a namespace nested in it (a pod in a node).
+    let labnet = path.labnet(lab);
+    for (metric, nested, [threads, inflight]) in [
+        (Metric::KeptLoopback1, false, ["1", "1"]),
+        (Metric::KeptLoopback8, false, ["4", "2"]),
+        (Metric::KeptNested1, true, ["1", "1"]),
+        (Metric::KeptNested8, true, ["4", "2"]),
+    ] {
+        let local = format!(
+            "{labnet} connrate 127.0.0.1:0 --local-server --seconds {secs} --threads {threads} --inflight {inflight}"
+        );
+        let out = if nested {
+            let script = format!("ip link set lo up && exec {local}");
+            // Root in a container may make a network namespace (as a pod
+            // sandbox is made); the host's unprivileged user needs its own
+            // user namespace for it.
+            let unshare = if *path == NetPath::Host { "-rn" } else { "-n" };
+            path.run(lab, &["unshare", unshare, "sh", "-c", &script], timeout)?
+        } else {
+            path.run(lab, &["sh", "-c", &format!("exec {local}")], timeout)?
+        };
+        let v = last_json(&out)?;
+        samples.push(Sample {
+            metric,
+            value: number(&v, "per_s")?,
+            problem: connrate_problem(&v),
+        });
+    }
     let count = settings.pingpong_count.to_string();
     let out = path.run(
         lab,
@@ -195,9 +204,26 @@ pub fn measure_all(
         timeout,
     )?;
     let v = last_json(&out)?;
-    samples.push((Metric::RoundTripP50, number(&v, "p50_us")?));
-    samples.push((Metric::RoundTripP99, number(&v, "p99_us")?));
+    samples.push(Sample::clean(Metric::RoundTripP50, number(&v, "p50_us")?));
+    samples.push(Sample::clean(Metric::RoundTripP99, number(&v, "p99_us")?));
     Ok(samples)
+}
+
+/// Errors and stalls of a `labnet connrate` answer, if any.
+pub fn connrate_problem(v: &Value) -> Option<String> {
+    let errors = v["errors"].as_u64().unwrap_or(0);
+    let stalls = v["stalls"].as_u64().unwrap_or(0);
+    let mut parts = Vec::new();
+    if errors > 0 {
+        parts.push(format!("{errors} failed connect(s)"));
+    }
+    if stalls > 0 {
+        parts.push(format!(
+            "{stalls} connect(s) ≥ 100 ms (max {:.0} ms)",
+            v["max_us"].as_f64().unwrap_or(0.0) / 1000.0
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
 }
 
 /// Host → the path's published port: iperf3 client on the host, the server
@@ -263,8 +289,13 @@ mod tests {
     }
 
     #[test]
-    fn metric_keys_are_unique() {
-        let keys: std::collections::BTreeSet<_> = Metric::ALL.iter().map(|m| m.key()).collect();
-        assert_eq!(keys.len(), Metric::ALL.len());
+    fn connrate_errors_and_stalls_are_named() {
+        let clean = serde_json::json!({"per_s": 100.0, "errors": 0, "stalls": 0, "max_us": 90.0});
+        assert_eq!(connrate_problem(&clean), None);
+        let bad = serde_json::json!({"per_s": 100.0, "errors": 2, "stalls": 1, "max_us": 1_012_000.0});
+        assert_eq!(
+            connrate_problem(&bad).as_deref(),
+            Some("2 failed connect(s), 1 connect(s) ≥ 100 ms (max 1012 ms)")
+        );
     }
 }

@@ -4,13 +4,15 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use crate::probes::Metric;
+use crate::metrics::{Metric, Sample};
 
 /// Every sample of one path.
 #[derive(Debug, Clone, Default)]
 pub struct PathSamples {
     pub name: String,
     pub samples: BTreeMap<Metric, Vec<f64>>,
+    /// What went wrong in a measurement ("round 2: 3 failed requests").
+    pub problems: BTreeMap<Metric, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -42,6 +44,17 @@ pub fn summarize(samples: &[f64]) -> Option<Summary> {
 impl PathSamples {
     pub fn summary(&self, m: Metric) -> Option<Summary> {
         self.samples.get(&m).and_then(|s| summarize(s))
+    }
+
+    /// Records one round's sample (its value, and its problem if any).
+    pub fn add(&mut self, round: usize, sample: Sample) {
+        self.samples.entry(sample.metric).or_default().push(sample.value);
+        if let Some(p) = sample.problem {
+            self.problems
+                .entry(sample.metric)
+                .or_default()
+                .push(format!("round {round}: {p}"));
+        }
     }
 }
 
@@ -75,14 +88,22 @@ pub fn markdown(
     t += &format!(" netaccel / host | netaccel / {} |\n|---|", baseline.name);
     t += &"---:|".repeat(paths.len() + 2);
     t.push('\n');
+    let mut flagged = Vec::new();
     for m in Metric::ALL {
         t += &format!("| {} |", m.label());
         for p in paths {
+            let flag = if p.problems.contains_key(&m) {
+                flagged.push((p, m));
+                format!(" ⚠{}", flagged.len())
+            } else {
+                String::new()
+            };
             match p.summary(m) {
-                Some(s) if s.min == s.max => t += &format!(" {} |", fmt_value(s.median)),
+                Some(s) if s.max == 0.0 && !flag.is_empty() => t += &format!(" fails{flag} |"),
+                Some(s) if s.min == s.max => t += &format!(" {}{flag} |", fmt_value(s.median)),
                 Some(s) => {
                     t += &format!(
-                        " {} ({}–{}) |",
+                        " {} ({}–{}){flag} |",
                         fmt_value(s.median),
                         fmt_value(s.min),
                         fmt_value(s.max)
@@ -93,10 +114,17 @@ pub fn markdown(
         }
         for other in [host, baseline] {
             match ratio(accel, other, m) {
-                Some(r) => t += &format!(" {r:.2}x |"),
-                None => t += " – |",
+                Some(r) if r.is_finite() && r > 0.0 => t += &format!(" {r:.2}x |"),
+                _ => t += " – |",
             }
         }
+        t.push('\n');
+    }
+    for (i, (p, m)) in flagged.iter().enumerate() {
+        let said = p.problems.get(m).map(|v| v.join("; ")).unwrap_or_default();
+        t += &format!("\n⚠{} {}, {}: {said}", i + 1, p.name, m.label());
+    }
+    if !flagged.is_empty() {
         t.push('\n');
     }
     t
@@ -115,7 +143,12 @@ pub fn json_report(paths: &[PathSamples], config: Value, notes: &[String]) -> Va
                 .iter()
                 .filter_map(|m| p.summary(*m).map(|s| (m.key().to_owned(), json!(s.median))))
                 .collect();
-            json!({"name": p.name, "samples": samples, "medians": medians})
+            let problems: serde_json::Map<String, Value> = p
+                .problems
+                .iter()
+                .map(|(m, v)| (m.key().to_owned(), json!(v)))
+                .collect();
+            json!({"name": p.name, "samples": samples, "medians": medians, "problems": problems})
         })
         .collect();
     json!({"config": config, "paths": paths, "notes": notes})
@@ -146,6 +179,59 @@ mod tests {
         );
         assert_eq!(summarize(&[4.0, 1.0]).map(|s| s.median), Some(2.5));
         assert_eq!(summarize(&[]), None);
+    }
+
+    #[test]
+    fn problems_are_flagged_in_the_cell_and_listed() {
+        let host = path("host", &[10.0]);
+        let mut slirp = path("slirp4netns 65520", &[]);
+        slirp.samples.clear();
+        slirp.add(
+            1,
+            Sample {
+                metric: Metric::AbClose8,
+                value: 0.0,
+                problem: Some("client failed (exit 22): reset".into()),
+            },
+        );
+        let mut accel = path("netaccel", &[11.0]);
+        accel.add(
+            1,
+            Sample {
+                metric: Metric::ConnRate,
+                value: 300.0,
+                problem: Some("1 connect(s) ≥ 100 ms (max 1012 ms)".into()),
+            },
+        );
+        accel.add(2, Sample::clean(Metric::ConnRate, 9000.0));
+        let t = markdown(
+            &[host.clone(), slirp.clone(), accel.clone()],
+            &accel,
+            &host,
+            &slirp,
+        );
+        let ab = t
+            .lines()
+            .find(|l| l.starts_with("| ab → nginx, new connection per request, -c 8"))
+            .expect("ab row");
+        assert!(ab.contains("| fails ⚠2 |"), "{ab}");
+        let rate = t
+            .lines()
+            .find(|l| l.starts_with("| short connections/s to the peer, 1 client"))
+            .expect("row");
+        assert!(rate.contains("4650 (300–9000) ⚠1"), "{rate}");
+        assert!(t.contains("⚠2 slirp4netns 65520, ab → nginx"), "{t}");
+        assert!(
+            t.contains(
+                "⚠1 netaccel, short connections/s to the peer, 1 client: round 1: 1 connect(s) ≥ 100 ms"
+            ),
+            "{t}"
+        );
+        let doc = json_report(&[accel], json!({}), &[]);
+        assert_eq!(
+            doc["paths"][0]["problems"]["connections_per_s"][0],
+            "round 1: 1 connect(s) ≥ 100 ms (max 1012 ms)"
+        );
     }
 
     #[test]

@@ -128,6 +128,11 @@ impl DaemonProcess {
         (n > 0.0).then(|| (total / n, install / n))
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// True while the daemon process is running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

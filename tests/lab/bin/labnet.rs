@@ -68,12 +68,25 @@ enum Cmd {
     },
     /// Server for `connrate`: accepts and closes connections, forever.
     AcceptClose { listen: SocketAddr },
-    /// Opens and closes connections for SECONDS; prints the rate and the
-    /// connect(2) latency percentiles.
+    /// Opens and closes connections for SECONDS; prints the rate, the
+    /// connect(2) latency percentiles and maximum, the connects slower than
+    /// 100 ms and the errors.
     Connrate {
         dst: SocketAddr,
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
+        /// Client threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Connections each thread keeps in flight (non-blocking connects
+        /// in a poll(2) loop when more than 1; a blocking connect otherwise).
+        #[arg(long, default_value_t = 1)]
+        inflight: usize,
+        /// Serve the connections too, from a listener of this process bound
+        /// to DST (port 0 picks one): a connect that stays inside the
+        /// network namespace (loopback), which no fast path bypasses.
+        #[arg(long)]
+        local_server: bool,
     },
     /// Request/response over one connection: COUNT round trips of SIZE bytes
     /// against an echo server; prints the latency percentiles.
@@ -132,7 +145,23 @@ fn main() {
         Cmd::UdpConnect { dst, nonblocking } => udp_connect(dst, nonblocking),
         Cmd::UdpReaim { good, evil } => udp_reaim(good, evil),
         Cmd::Escape { good, hole, evil } => escape(good, hole, evil),
-        Cmd::Connrate { dst, seconds } => connrate(dst, Duration::from_secs_f64(seconds)),
+        Cmd::Connrate {
+            dst,
+            seconds,
+            threads,
+            inflight,
+            local_server,
+        } => {
+            let server = if local_server {
+                accept_and_close_in_threads(deep_listener(dst).map(Some))
+            } else {
+                Ok(None)
+            };
+            server.and_then(|local| {
+                let dst = local.unwrap_or(dst);
+                connrate(dst, Duration::from_secs_f64(seconds), threads, inflight)
+            })
+        }
         Cmd::Pingpong { dst, count, size } => pingpong(dst, count, size),
         Cmd::Threads { slow, fast } => threads(slow, fast),
         Cmd::Race {
@@ -518,48 +547,211 @@ fn sockopts(dst: SocketAddr) -> Result<()> {
     Ok(())
 }
 
+/// A listener with a deep accept queue. std's `TcpListener::bind` asks for
+/// 128: a client opening tens of thousands of connections a second fills
+/// that while the server is off the CPU for a few milliseconds, the kernel
+/// drops the next SYN (ListenOverflows), and that connect takes the 1 s SYN
+/// retransmission — the stalls that made the host's connection rate swing
+/// 100x between runs. The kernel caps the backlog at net.core.somaxconn.
+fn deep_listener(listen: SocketAddr) -> Result<TcpListener> {
+    use rustix::net::{AddressFamily, SocketType};
+    let family = if listen.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let fd = rustix::net::socket(family, SocketType::STREAM, None)?;
+    rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
+    rustix::net::bind(&fd, &listen).with_context(|| format!("bind {listen}"))?;
+    rustix::net::listen(&fd, 4096)?;
+    Ok(TcpListener::from(fd))
+}
+
+/// Accepting threads of `accept-close`: one can be preempted while the
+/// other drains the queue.
+const ACCEPT_THREADS: usize = 2;
+
 fn accept_close(listen: SocketAddr) -> Result<()> {
-    let listener = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
+    let listener = deep_listener(listen)?;
     println!("{}", json!({"listening": listener.local_addr()?.to_string()}));
     std::io::stdout().flush()?;
-    for conn in listener.incoming() {
+    let main_loop = listener.try_clone()?;
+    accept_and_close_in_threads(Ok(Some(listener)))?;
+    for conn in main_loop.incoming() {
         drop(conn);
     }
     Ok(())
 }
 
+/// Accepts and closes on `listener` in background threads (see
+/// [`accept_close`]); returns the address it listens on.
+fn accept_and_close_in_threads(listener: Result<Option<TcpListener>>) -> Result<Option<SocketAddr>> {
+    let Some(listener) = listener? else {
+        return Ok(None);
+    };
+    let addr = listener.local_addr()?;
+    for _ in 0..ACCEPT_THREADS {
+        let l = listener.try_clone()?;
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                drop(conn);
+            }
+        });
+    }
+    Ok(Some(addr))
+}
+
 /// Percentiles of latencies in microseconds.
 fn percentiles(mut us: Vec<f64>) -> serde_json::Value {
     if us.is_empty() {
-        return json!({"p50_us": null, "p99_us": null});
+        return json!({"p50_us": null, "p99_us": null, "max_us": null});
     }
     us.sort_by(f64::total_cmp);
     let at = |q: f64| us[((us.len() - 1) as f64 * q).round() as usize];
-    json!({"p50_us": at(0.50), "p99_us": at(0.99)})
+    json!({"p50_us": at(0.50), "p99_us": at(0.99), "max_us": us[us.len() - 1]})
 }
 
-fn connrate(dst: SocketAddr, duration: Duration) -> Result<()> {
+/// A connect slower than this is a stall (a SYN retransmitted after a
+/// drop takes 1 s), counted apart so no average hides it.
+const STALL_US: f64 = 100_000.0;
+
+/// What one client thread of `connrate` saw.
+#[derive(Default)]
+struct ConnSamples {
+    latencies_us: Vec<f64>,
+    errors: u64,
+}
+
+fn connrate(dst: SocketAddr, duration: Duration, threads: usize, inflight: usize) -> Result<()> {
+    anyhow::ensure!(
+        threads >= 1 && inflight >= 1,
+        "--threads and --inflight must be at least 1"
+    );
     let start = Instant::now();
-    let mut latencies = Vec::new();
-    let mut errors = 0u64;
-    while start.elapsed() < duration {
+    let until = start + duration;
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                if inflight == 1 {
+                    blocking_connects(dst, until)
+                } else {
+                    polled_connects(dst, until, inflight)
+                }
+            })
+        })
+        .collect();
+    let mut all = ConnSamples::default();
+    for w in workers {
+        let s = w
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        all.latencies_us.extend(s.latencies_us);
+        all.errors += s.errors;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let conns = all.latencies_us.len();
+    let stalls = all.latencies_us.iter().filter(|l| **l >= STALL_US).count();
+    let mut out = percentiles(all.latencies_us);
+    out["conns"] = json!(conns);
+    out["per_s"] = json!(conns as f64 / elapsed);
+    out["errors"] = json!(all.errors);
+    out["stalls"] = json!(stalls);
+    out["threads"] = json!(threads);
+    out["inflight"] = json!(inflight);
+    println!("{out}");
+    Ok(())
+}
+
+/// Closes a connected socket with RST: no TIME_WAIT on either side, so
+/// ports are neither exhausted nor found busy when reused.
+fn close_with_rst(fd: impl std::os::fd::AsFd) -> Result<()> {
+    rustix::net::sockopt::set_socket_linger(&fd, Some(Duration::ZERO))?;
+    Ok(())
+}
+
+fn blocking_connects(dst: SocketAddr, until: Instant) -> Result<ConnSamples> {
+    let mut s = ConnSamples::default();
+    while Instant::now() < until {
         let t = Instant::now();
         match TcpStream::connect(dst) {
             Ok(conn) => {
-                latencies.push(t.elapsed().as_secs_f64() * 1e6);
-                // RST on close: no TIME_WAIT, so ports are not exhausted.
-                rustix::net::sockopt::set_socket_linger(&conn, Some(Duration::ZERO))?;
+                s.latencies_us.push(t.elapsed().as_secs_f64() * 1e6);
+                close_with_rst(&conn)?;
             }
-            Err(_) => errors += 1,
+            Err(_) => s.errors += 1,
         }
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    let mut out = percentiles(latencies.clone());
-    out["conns"] = json!(latencies.len());
-    out["per_s"] = json!(latencies.len() as f64 / elapsed);
-    out["errors"] = json!(errors);
-    println!("{out}");
-    Ok(())
+    Ok(s)
+}
+
+/// Keeps `inflight` non-blocking connects pending, in one poll(2) loop.
+fn polled_connects(dst: SocketAddr, until: Instant, inflight: usize) -> Result<ConnSamples> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let family = if dst.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let mut s = ConnSamples::default();
+    let mut pending: Vec<(std::os::fd::OwnedFd, Instant)> = Vec::with_capacity(inflight);
+    // Connects still pending this long after the end count as errors.
+    let give_up = until + Duration::from_secs(10);
+    loop {
+        while pending.len() < inflight && Instant::now() < until {
+            let fd = rustix::net::socket_with(
+                family,
+                SocketType::STREAM,
+                SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+                None,
+            )?;
+            let t = Instant::now();
+            match rustix::net::connect(&fd, &dst) {
+                Ok(()) => {
+                    s.latencies_us.push(t.elapsed().as_secs_f64() * 1e6);
+                    close_with_rst(&fd)?;
+                }
+                Err(rustix::io::Errno::INPROGRESS) => pending.push((fd, t)),
+                Err(_) => s.errors += 1,
+            }
+        }
+        if pending.is_empty() {
+            if Instant::now() >= until {
+                return Ok(s);
+            }
+            continue;
+        }
+        if Instant::now() >= give_up {
+            s.errors += pending.len() as u64;
+            return Ok(s);
+        }
+        let mut fds: Vec<PollFd<'_>> = pending
+            .iter()
+            .map(|(fd, _)| PollFd::new(fd, PollFlags::OUT))
+            .collect();
+        poll(
+            &mut fds,
+            Some(&Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            }),
+        )?;
+        let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+        drop(fds);
+        for i in (0..pending.len()).rev() {
+            if !ready[i] {
+                continue;
+            }
+            let (fd, t) = pending.swap_remove(i);
+            match rustix::net::sockopt::socket_error(&fd)? {
+                Ok(()) => {
+                    s.latencies_us.push(t.elapsed().as_secs_f64() * 1e6);
+                    close_with_rst(&fd)?;
+                }
+                Err(_) => s.errors += 1,
+            }
+        }
+    }
 }
 
 fn pingpong(dst: SocketAddr, count: usize, size: usize) -> Result<()> {
