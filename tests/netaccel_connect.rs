@@ -136,26 +136,36 @@ fn connection_to_a_host_side_server_is_bypassed_with_data_intact() {
     }
 }
 
-/// Runs labnet in a container launched as `launch` with `seccomp`, and
-/// returns its JSON answer and how long the whole run took.
-fn labnet_launched(s: &Setup, seccomp: Value, launch: Launch, args: &[&str]) -> (Value, Duration) {
+/// Runs labnet's echo check against a peer server on `port` in a container
+/// launched as `launch` with `seccomp`; the connect must be bypassed, and
+/// the registration served without the daemon's timeout.
+fn echo_bypassed_when_launched(s: &Setup, d: &DaemonProcess, seccomp: Value, launch: Launch, port: u16) {
+    let (_server, addr) = peer_echo(s, port);
     let config = ContainerConfig {
         seccomp: Some(seccomp),
         launch,
         ..Default::default()
     };
-    let mut full = vec!["/lab/labnet"];
-    full.extend_from_slice(args);
     let started = std::time::Instant::now();
-    let out = Container::run(&s.lab, config, &full, Duration::from_secs(60)).expect("container runs");
+    let out = Container::run(
+        &s.lab,
+        config,
+        &["/lab/labnet", "connect", &addr, "--bytes", "100000"],
+        Duration::from_secs(60),
+    )
+    .expect("container runs");
     let took = started.elapsed();
     assert!(
         !out.stdout.is_empty(),
-        "labnet {args:?} printed nothing (exit {:?}): {}",
+        "labnet printed nothing (exit {:?}): {}",
         out.code,
         out.stderr
     );
-    (json_line(&out.stdout), took)
+    let r = json_line(&out.stdout);
+    let log = d.log_text();
+    assert_eq!(r["echo_intact"], true, "{r}\ndaemon log:\n{log}");
+    assert_eq!(d.bypassed_to(&addr), 1, "daemon log:\n{log}");
+    assert!(!log.contains("registration timed out"), "took {took:?}:\n{log}");
 }
 
 #[test]
@@ -167,13 +177,8 @@ fn runc_run_registers_at_once_and_serves_connects() {
         return;
     };
     let d = daemon(&s.lab, &[]);
-    let (_server, addr) = peer_echo(&s, 7711);
     let profile = d.profile(&s.lab, &[]).expect("netaccel profile");
-    let (r, took) = labnet_launched(&s, profile, Launch::Run, &["connect", &addr, "--bytes", "100000"]);
-    assert_eq!(r["echo_intact"], true, "{r}\ndaemon log:\n{}", d.log_text());
-    assert_eq!(d.bypassed_to(&addr), 1, "daemon log:\n{}", d.log_text());
-    let log = d.log_text();
-    assert!(!log.contains("registration timed out"), "took {took:?}:\n{log}");
+    echo_bypassed_when_launched(&s, &d, profile, Launch::Run, 7711);
 }
 
 #[test]
@@ -186,22 +191,12 @@ fn a_profile_that_notifies_close_and_fcntl_registers_at_once() {
         return;
     };
     let d = daemon(&s.lab, &[]);
-    let (_server, addr) = peer_echo(&s, 7712);
     let mut profile = d.profile(&s.lab, &[]).expect("netaccel profile");
     profile["syscalls"]
         .as_array_mut()
         .expect("syscalls")
         .push(serde_json::json!({"names": ["close", "fcntl", "setsockopt"], "action": "SCMP_ACT_NOTIFY"}));
-    let (r, took) = labnet_launched(
-        &s,
-        profile,
-        Launch::CreateStart,
-        &["connect", &addr, "--bytes", "100000"],
-    );
-    assert_eq!(r["echo_intact"], true, "{r}\ndaemon log:\n{}", d.log_text());
-    assert_eq!(d.bypassed_to(&addr), 1, "daemon log:\n{}", d.log_text());
-    let log = d.log_text();
-    assert!(!log.contains("registration timed out"), "took {took:?}:\n{log}");
+    echo_bypassed_when_launched(&s, &d, profile, Launch::CreateStart, 7712);
 }
 
 #[test]
