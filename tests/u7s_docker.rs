@@ -259,6 +259,12 @@ fn u7s_runs_nodes_on_rootless_docker() {
         cfg.contains("bindPort: 6443") && cfg.contains("KubeletInUserNamespace: true"),
         "{cfg}"
     );
+    // The test node has no kubeadm to ask: the default image's version,
+    // with the config API that version wants.
+    assert!(
+        cfg.contains("apiVersion: kubeadm.k8s.io/v1beta4") && cfg.contains("kubernetesVersion: v1.35.0"),
+        "{cfg}"
+    );
     // kubeconfig: admin.conf read from the node, server moved to the host port.
     let admin = "apiVersion: v1\nclusters:\n- cluster:\n    server: https://node:6443\n  name: kubernetes\nkind: Config\n";
     u.ok(

@@ -310,7 +310,7 @@ pub fn render(ctx: &Context, with_accel: bool) -> Result<i32> {
     println!(
         "---\n# kubeadm config ({})\n{}",
         kubeadm::KUBEADM_CONFIG_PATH,
-        kubeadm::kubeadm_config(&ctx.config)
+        kubeadm::kubeadm_config(&ctx.config, kubeadm::KubeVersion::configured(&ctx.config))
     );
     Ok(0)
 }

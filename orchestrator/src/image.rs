@@ -11,7 +11,10 @@ use sha2::{Digest, Sha256};
 use crate::config::ImageSource;
 use crate::engine::ContextFile;
 
-pub const DEFAULT_BASE_IMAGE: &str = "docker.io/kindest/node:v1.30.0";
+/// kind's node image for Kubernetes 1.35.0, pinned by the digest kind's
+/// release (v0.31.0) publishes for it.
+pub const DEFAULT_BASE_IMAGE: &str =
+    "docker.io/kindest/node:v1.35.0@sha256:452d707d4862f52530247495d180205e029056831160e22870e37e3f6c1ac31f";
 const DOCKERFILE: &[u8] = include_bytes!("../node-image/Dockerfile");
 const ENTRYPOINT: &[u8] = include_bytes!("../node-image/u7s-entrypoint.sh");
 

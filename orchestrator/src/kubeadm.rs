@@ -8,7 +8,7 @@ use std::future::Future;
 use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 
-use crate::config::{Config, POD_CIDR, SERVICE_CIDR};
+use crate::config::{Config, ImageSource, POD_CIDR, SERVICE_CIDR};
 use crate::node::NODE_HOST_IP_LABEL;
 
 /// Where `kubeadm-init` writes its configuration in the node (/etc is a
@@ -83,37 +83,127 @@ pub async fn check(shell: &impl NodeShell, cmd: &[String], live: bool) -> Result
 }
 
 /// The kubeadm configuration of the first control-plane node.
-pub fn kubeadm_config(c: &Config) -> String {
+/// A Kubernetes release, as kubeadm and image tags name it (`v1.35.0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KubeVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl std::fmt::Display for KubeVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "v{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+impl KubeVersion {
+    /// The version of the default node image (`image::DEFAULT_BASE_IMAGE`).
+    pub const DEFAULT: KubeVersion = KubeVersion {
+        major: 1,
+        minor: 35,
+        patch: 0,
+    };
+
+    const fn at_least(self, major: u32, minor: u32) -> bool {
+        self.major > major || (self.major == major && self.minor >= minor)
+    }
+
+    /// Reads `v1.35.0` or `1.35.0`, ignoring a pre-release or build suffix.
+    pub fn parse(text: &str) -> Option<Self> {
+        let t = text.trim().trim_start_matches('v');
+        let mut parts = t.splitn(3, '.');
+        let num = |p: Option<&str>| -> Option<u32> {
+            let digits: String = p?.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        };
+        Some(Self {
+            major: num(parts.next())?,
+            minor: num(parts.next())?,
+            patch: num(parts.next())?,
+        })
+    }
+
+    /// The version in an image reference's tag
+    /// (`docker.io/kindest/node:v1.35.0@sha256:…`).
+    pub fn from_image(reference: &str) -> Option<Self> {
+        let name = reference.split('@').next()?;
+        let last = name.rsplit('/').next()?;
+        Self::parse(last.split_once(':')?.1)
+    }
+
+    /// What the settings point at: the base image's tag, else the default.
+    /// The node's own kubeadm has the last word (see [`kubeadm_init`]).
+    pub fn configured(c: &Config) -> Self {
+        let image = match &c.image {
+            ImageSource::Build { base, .. } => base.as_deref().unwrap_or(crate::image::DEFAULT_BASE_IMAGE),
+            ImageSource::Prebuilt(name) => name.as_str(),
+        };
+        Self::from_image(image).unwrap_or(Self::DEFAULT)
+    }
+}
+
+/// `extraArgs` in the shape of the config API: a map in v1beta3, a list of
+/// name/value pairs in v1beta4 (kubeadm ≥ 1.31).
+fn extra_args(v1beta4: bool, args: &[(&str, String)]) -> Value {
+    if v1beta4 {
+        Value::Array(args.iter().map(|(n, v)| json!({"name": n, "value": v})).collect())
+    } else {
+        Value::Object(args.iter().map(|(n, v)| ((*n).to_owned(), json!(v))).collect())
+    }
+}
+
+/// The kubeadm configuration for Kubernetes `version`: `kubeadm.k8s.io/v1beta4`
+/// from 1.31 (v1beta3 is deprecated there), v1beta3 before; the version
+/// pinned so kubeadm uses the node's preloaded images instead of resolving
+/// `stable-1` online; no `--cloud-provider` for kube-apiserver from 1.33,
+/// which removed the flag.
+pub fn kubeadm_config(c: &Config, version: KubeVersion) -> String {
     let api = c.ports.kube_apiserver;
     let etcd = c.ports.etcd;
     let node_ip = c.node_ip;
+    let v1beta4 = version.at_least(1, 31);
+    let kubeadm_api = if v1beta4 {
+        "kubeadm.k8s.io/v1beta4"
+    } else {
+        "kubeadm.k8s.io/v1beta3"
+    };
+    let mut apiserver_args = vec![("advertise-address", c.host_ip.to_string())];
+    if !version.at_least(1, 33) {
+        apiserver_args.push(("cloud-provider", "external".to_owned()));
+    }
+    apiserver_args.push(("kubelet-preferred-address-types", "ExternalIP".to_owned()));
+    let etcd_args = [
+        (
+            "listen-client-urls",
+            format!("https://127.0.0.1:{etcd},https://{node_ip}:{etcd}"),
+        ),
+        ("advertise-client-urls", format!("https://{node_ip}:{etcd}")),
+        ("listen-peer-urls", format!("https://{node_ip}:2380")),
+        ("initial-advertise-peer-urls", format!("https://{node_ip}:2380")),
+        (
+            "initial-cluster",
+            format!("{}=https://{node_ip}:2380", c.node_name),
+        ),
+    ];
     let docs = [
         json!({
-            "apiVersion": "kubeadm.k8s.io/v1beta3",
+            "apiVersion": kubeadm_api,
             "kind": "InitConfiguration",
             "localAPIEndpoint": {"bindPort": api},
         }),
         json!({
-            "apiVersion": "kubeadm.k8s.io/v1beta3",
+            "apiVersion": kubeadm_api,
             "kind": "ClusterConfiguration",
+            "kubernetesVersion": version.to_string(),
             "controlPlaneEndpoint": format!("{}:{api}", c.node_name),
             "apiServer": {
                 "certSANs": ["localhost", "127.0.0.1", c.node_name, c.host_ip.to_string()],
-                "extraArgs": {
-                    "advertise-address": c.host_ip.to_string(),
-                    "cloud-provider": "external",
-                    "kubelet-preferred-address-types": "ExternalIP",
-                },
+                "extraArgs": extra_args(v1beta4, &apiserver_args),
             },
-            "controllerManager": {"extraArgs": {"cloud-provider": "external"}},
+            "controllerManager": {"extraArgs": extra_args(v1beta4, &[("cloud-provider", "external".to_owned())])},
             "etcd": {"local": {
-                "extraArgs": {
-                    "listen-client-urls": format!("https://127.0.0.1:{etcd},https://{node_ip}:{etcd}"),
-                    "advertise-client-urls": format!("https://{node_ip}:{etcd}"),
-                    "listen-peer-urls": format!("https://{node_ip}:2380"),
-                    "initial-advertise-peer-urls": format!("https://{node_ip}:2380"),
-                    "initial-cluster": format!("{}=https://{node_ip}:2380", c.node_name),
-                },
+                "extraArgs": extra_args(v1beta4, &etcd_args),
                 "serverCertSANs": [c.node_name, node_ip.to_string()],
                 "peerCertSANs": [c.node_name, node_ip.to_string()],
             }},
@@ -153,10 +243,27 @@ pub fn write_file_cmd(path: &str, content: &str) -> Vec<String> {
     ])
 }
 
+/// The Kubernetes version the node's kubeadm reports, if it answers.
+pub async fn node_version(shell: &impl NodeShell) -> Option<KubeVersion> {
+    let out = shell
+        .exec(&argv(&["kubeadm", "version", "-o", "short"]), false)
+        .await
+        .ok()?;
+    (out.code == 0)
+        .then(|| KubeVersion::parse(&out.stdout_text()))
+        .flatten()
+}
+
 pub async fn kubeadm_init(shell: &impl NodeShell, c: &Config) -> Result<(), StepError> {
+    // The config must name the node's own version (its preloaded images);
+    // a node whose kubeadm does not answer gets the configured one and
+    // fails at `kubeadm init` below with kubeadm's own words.
+    let version = node_version(shell)
+        .await
+        .unwrap_or_else(|| KubeVersion::configured(c));
     check(
         shell,
-        &write_file_cmd(KUBEADM_CONFIG_PATH, &kubeadm_config(c)),
+        &write_file_cmd(KUBEADM_CONFIG_PATH, &kubeadm_config(c, version)),
         false,
     )
     .await?;
@@ -516,10 +623,99 @@ mod tests {
             .collect()
     }
 
+    /// `extraArgs` as name → value, from either API shape.
+    fn args_of(v: &serde_yaml_ng::Value) -> std::collections::BTreeMap<String, String> {
+        match v {
+            serde_yaml_ng::Value::Sequence(list) => list
+                .iter()
+                .map(|a| {
+                    (
+                        a["name"].as_str().expect("name").to_owned(),
+                        a["value"].as_str().expect("value").to_owned(),
+                    )
+                })
+                .collect(),
+            serde_yaml_ng::Value::Mapping(m) => m
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().expect("key").to_owned(),
+                        v.as_str().expect("value").to_owned(),
+                    )
+                })
+                .collect(),
+            other => panic!("extraArgs is neither a list nor a map: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn kubernetes_1_35_gets_v1beta4_a_pinned_version_and_no_removed_flag() {
+        let c = config(&[]);
+        let v = KubeVersion::configured(&c);
+        assert_eq!(v.to_string(), "v1.35.0", "the default node image");
+        let d = docs(&kubeadm_config(&c, v));
+        for doc in &d[..2] {
+            assert_eq!(doc["apiVersion"].as_str(), Some("kubeadm.k8s.io/v1beta4"));
+        }
+        let cc = &d[1];
+        assert_eq!(cc["kubernetesVersion"].as_str(), Some("v1.35.0"));
+        // v1beta4: extraArgs are lists of name/value pairs.
+        let api = &cc["apiServer"]["extraArgs"];
+        assert!(api.is_sequence(), "{api:?}");
+        let api = args_of(api);
+        assert_eq!(
+            api.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["advertise-address", "kubelet-preferred-address-types"],
+            "kube-apiserver has no --cloud-provider since 1.33"
+        );
+        assert!(cc["etcd"]["local"]["extraArgs"].is_sequence());
+        assert_eq!(
+            args_of(&cc["controllerManager"]["extraArgs"])["cloud-provider"],
+            "external"
+        );
+    }
+
+    #[test]
+    fn older_kubernetes_keeps_its_own_config_api() {
+        let c = config(&[("U7S_BASE_IMAGE", "docker.io/kindest/node:v1.30.0")]);
+        let v = KubeVersion::configured(&c);
+        assert_eq!(v.to_string(), "v1.30.0");
+        let d = docs(&kubeadm_config(&c, v));
+        assert_eq!(d[1]["apiVersion"].as_str(), Some("kubeadm.k8s.io/v1beta3"));
+        assert!(d[1]["apiServer"]["extraArgs"].is_mapping());
+        assert_eq!(
+            args_of(&d[1]["apiServer"]["extraArgs"])["cloud-provider"],
+            "external"
+        );
+        assert_eq!(d[1]["kubernetesVersion"].as_str(), Some("v1.30.0"));
+        // 1.31 and 1.32: v1beta4, kube-apiserver still takes the flag.
+        let v132 = KubeVersion::parse("v1.32.4").expect("version");
+        let d = docs(&kubeadm_config(&c, v132));
+        assert_eq!(d[1]["apiVersion"].as_str(), Some("kubeadm.k8s.io/v1beta4"));
+        assert!(args_of(&d[1]["apiServer"]["extraArgs"]).contains_key("cloud-provider"));
+    }
+
+    #[test]
+    fn versions_are_read_from_tags_and_kubeadm() {
+        let v = |s| KubeVersion::parse(s);
+        assert_eq!(v("v1.35.0"), Some(KubeVersion::DEFAULT));
+        assert_eq!(v("1.35.0\n"), Some(KubeVersion::DEFAULT));
+        assert_eq!(v("v1.36.0-rc.1").map(|x| x.minor), Some(36));
+        assert_eq!(v("latest"), None);
+        let img = |s| KubeVersion::from_image(s).map(|x| x.to_string());
+        assert_eq!(
+            img("docker.io/kindest/node:v1.35.0@sha256:452d707d4862f52530247495d180205e029056831160e22870e37e3f6c1ac31f"),
+            Some("v1.35.0".into())
+        );
+        assert_eq!(img("localhost:5000/kindest/node:v1.33.1"), Some("v1.33.1".into()));
+        assert_eq!(img("localhost:5000/u7s-node"), None, "a registry port is no tag");
+        assert_eq!(img(crate::image::DEFAULT_BASE_IMAGE), Some("v1.35.0".into()));
+    }
+
     #[test]
     fn the_kubeadm_config_matches_the_design() {
         let c = config(&[("NODE_SUBNET", "10.100.7.0/24"), ("U7S_TENANT", "1")]);
-        let d = docs(&kubeadm_config(&c));
+        let d = docs(&kubeadm_config(&c, KubeVersion::DEFAULT));
         let kinds: Vec<&str> = d.iter().map(|x| x["kind"].as_str().expect("kind")).collect();
         assert_eq!(
             kinds,
@@ -540,16 +736,13 @@ mod tests {
             .filter_map(|v| v.as_str())
             .collect();
         assert_eq!(sans, ["localhost", "127.0.0.1", "u7s-t1-alpha", "192.168.1.10"]);
-        let args = &cc["apiServer"]["extraArgs"];
-        assert_eq!(args["advertise-address"].as_str(), Some("192.168.1.10"));
+        let args = args_of(&cc["apiServer"]["extraArgs"]);
+        assert_eq!(args["advertise-address"], "192.168.1.10");
+        assert_eq!(args["kubelet-preferred-address-types"], "ExternalIP");
+        let etcd = args_of(&cc["etcd"]["local"]["extraArgs"]);
         assert_eq!(
-            args["kubelet-preferred-address-types"].as_str(),
-            Some("ExternalIP")
-        );
-        let etcd = &cc["etcd"]["local"]["extraArgs"];
-        assert_eq!(
-            etcd["listen-client-urls"].as_str(),
-            Some("https://127.0.0.1:12379,https://10.100.7.100:12379")
+            etcd["listen-client-urls"],
+            "https://127.0.0.1:12379,https://10.100.7.100:12379"
         );
         assert_eq!(cc["networking"]["serviceSubnet"].as_str(), Some("10.96.0.0/16"));
         assert_eq!(cc["networking"]["podSubnet"].as_str(), Some("10.244.0.0/16"));
@@ -567,17 +760,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn kubeadm_init_writes_the_config_then_runs_kubeadm() {
+    async fn kubeadm_init_writes_the_config_for_the_node_version_then_runs_kubeadm() {
         let c = config(&[]);
-        let r = Recorder::new(vec![]);
+        // The node's kubeadm says which version the config must name.
+        let r = Recorder::new(vec![ExecOutput {
+            code: 0,
+            stdout: b"v1.34.2\n".to_vec(),
+            stderr: Vec::new(),
+        }]);
         kubeadm_init(&r, &c).await.expect("init");
         let seen = r.seen.borrow();
-        assert_eq!(seen.len(), 2);
-        assert_eq!(seen[0][..3], ["sh", "-c", write_file_cmd("x", "y")[2].as_str()]);
-        assert_eq!(seen[0][4], KUBEADM_CONFIG_PATH);
-        assert_eq!(seen[0][5], kubeadm_config(&c));
+        assert_eq!(seen.len(), 3);
+        assert_eq!(seen[0], ["kubeadm", "version", "-o", "short"]);
+        assert_eq!(seen[1][..3], ["sh", "-c", write_file_cmd("x", "y")[2].as_str()]);
+        assert_eq!(seen[1][4], KUBEADM_CONFIG_PATH);
+        let v134 = KubeVersion::parse("v1.34.2").expect("version");
+        assert_eq!(seen[1][5], kubeadm_config(&c, v134));
         assert_eq!(
-            seen[1],
+            seen[2],
             [
                 "kubeadm",
                 "init",
@@ -586,6 +786,17 @@ mod tests {
                 "--skip-token-print"
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_node_without_a_working_kubeadm_gets_the_configured_version() {
+        let c = config(&[]);
+        let r = Recorder::new(vec![ExecOutput {
+            code: 127,
+            ..Default::default()
+        }]);
+        kubeadm_init(&r, &c).await.expect("init");
+        assert_eq!(r.seen.borrow()[1][5], kubeadm_config(&c, KubeVersion::DEFAULT));
     }
 
     #[test]
