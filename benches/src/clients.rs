@@ -265,26 +265,24 @@ fn failed(metric: Metric, run: &ClientRun, why: &str) -> Sample {
     }
 }
 
-fn field<'a>(text: &'a str, label: &str) -> Option<&'a str> {
+/// The first word after `label` on the first line that starts with it,
+/// parsed as a number.
+fn number_after<T: std::str::FromStr>(text: &str, label: &str) -> Option<T> {
     text.lines()
-        .find_map(|l| l.trim_start().strip_prefix(label))
-        .map(str::trim)
+        .find_map(|l| l.trim_start().strip_prefix(label))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// ApacheBench: requests per second; failed requests and non-2xx answers.
 pub fn read_ab(metric: Metric, run: &ClientRun) -> Sample {
-    let rate = field(&run.text, "Requests per second:")
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<f64>().ok());
+    let rate: Option<f64> = number_after(&run.text, "Requests per second:");
     let Some(rate) = rate.filter(|_| run.status == 0) else {
         return failed(metric, run, "no rate");
     };
-    let count = |label| {
-        field(&run.text, label)
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let count = |label| number_after::<u64>(&run.text, label).unwrap_or(0);
     let (failed_requests, non_2xx) = (count("Failed requests:"), count("Non-2xx responses:"));
     let mut problems = Vec::new();
     if failed_requests > 0 {
@@ -324,16 +322,11 @@ pub fn read_redis(metric: Metric, run: &ClientRun) -> Sample {
 /// pgbench: transactions per second (reconnection included with -C);
 /// failed transactions.
 pub fn read_pgbench(metric: Metric, run: &ClientRun) -> Sample {
-    let tps = field(&run.text, "tps =")
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<f64>().ok());
+    let tps: Option<f64> = number_after(&run.text, "tps =");
     let Some(tps) = tps.filter(|_| run.status == 0) else {
         return failed(metric, run, "no tps");
     };
-    let failed_tx = field(&run.text, "number of failed transactions:")
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
+    let failed_tx: u64 = number_after(&run.text, "number of failed transactions:").unwrap_or(0);
     Sample {
         metric,
         value: tps,

@@ -552,7 +552,7 @@ pub async fn doctor(
 
 /// " (containerd 1.6.20, runc 1.1.5)" where the engine names its parts.
 fn components(info: &EngineInfo) -> String {
-    if info.components.is_empty() || info.accel == AccelMethod::Runtime {
+    if info.components.is_empty() {
         return String::new();
     }
     format!(" ({})", info.components.join(", "))

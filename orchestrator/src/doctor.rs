@@ -153,6 +153,15 @@ fn has_range(lines: &str, user: &str) -> bool {
 /// Controllers kubelet needs delegated to run pods with limits.
 const CONTROLLERS: &[&str] = &["cpu", "memory", "pids"];
 
+/// A check the engine answered: passed, and what to show (`ok`, or why
+/// not); `None` when the check was not made.
+fn answered(fact: &Option<Result<(), String>>, ok: &str) -> Option<(bool, String)> {
+    fact.as_ref().map(|r| match r {
+        Ok(()) => (true, ok.to_owned()),
+        Err(why) => (false, why.clone()),
+    })
+}
+
 pub fn evaluate(f: &HostFacts, accel: bool) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut push = |check, ok, severity, detail: String| {
@@ -311,15 +320,8 @@ pub fn evaluate(f: &HostFacts, accel: bool) -> Vec<Finding> {
             },
         );
     }
-    match &f.image_build {
-        Some(Ok(())) => push(
-            "image build",
-            true,
-            Severity::Blocking,
-            "the engine can build the node image".into(),
-        ),
-        Some(Err(why)) => push("image build", false, Severity::Blocking, why.clone()),
-        None => {}
+    if let Some((passed, detail)) = answered(&f.image_build, "the engine can build the node image") {
+        push("image build", passed, Severity::Blocking, detail);
     }
     if let Some((range, exposed)) = &f.ephemeral {
         push(
@@ -346,15 +348,8 @@ pub fn evaluate(f: &HostFacts, accel: bool) -> Vec<Finding> {
                     .into()
             }),
         );
-        match &f.accel_runtime {
-            Some(Ok(())) => push(
-                "accel runtime",
-                true,
-                Severity::Blocking,
-                "the engine knows the netaccel runtime".into(),
-            ),
-            Some(Err(e)) => push("accel runtime", false, Severity::Blocking, e.clone()),
-            None => {}
+        if let Some((passed, detail)) = answered(&f.accel_runtime, "the engine knows the netaccel runtime") {
+            push("accel runtime", passed, Severity::Blocking, detail);
         }
     }
     out

@@ -152,15 +152,12 @@ fn main() {
             inflight,
             local_server,
         } => {
-            let server = if local_server {
-                accept_and_close_in_threads(deep_listener(dst).map(Some))
+            let dst = if local_server {
+                deep_listener(dst).and_then(|l| accept_and_close_in_threads(&l))
             } else {
-                Ok(None)
+                Ok(dst)
             };
-            server.and_then(|local| {
-                let dst = local.unwrap_or(dst);
-                connrate(dst, Duration::from_secs_f64(seconds), threads, inflight)
-            })
+            dst.and_then(|dst| connrate(dst, Duration::from_secs_f64(seconds), threads, inflight))
         }
         Cmd::Pingpong { dst, count, size } => pingpong(dst, count, size),
         Cmd::Threads { slow, fast } => threads(slow, fast),
@@ -575,9 +572,8 @@ fn accept_close(listen: SocketAddr) -> Result<()> {
     let listener = deep_listener(listen)?;
     println!("{}", json!({"listening": listener.local_addr()?.to_string()}));
     std::io::stdout().flush()?;
-    let main_loop = listener.try_clone()?;
-    accept_and_close_in_threads(Ok(Some(listener)))?;
-    for conn in main_loop.incoming() {
+    accept_and_close_in_threads(&listener)?;
+    for conn in listener.incoming() {
         drop(conn);
     }
     Ok(())
@@ -585,10 +581,7 @@ fn accept_close(listen: SocketAddr) -> Result<()> {
 
 /// Accepts and closes on `listener` in background threads (see
 /// [`accept_close`]); returns the address it listens on.
-fn accept_and_close_in_threads(listener: Result<Option<TcpListener>>) -> Result<Option<SocketAddr>> {
-    let Some(listener) = listener? else {
-        return Ok(None);
-    };
+fn accept_and_close_in_threads(listener: &TcpListener) -> Result<SocketAddr> {
     let addr = listener.local_addr()?;
     for _ in 0..ACCEPT_THREADS {
         let l = listener.try_clone()?;
@@ -598,7 +591,7 @@ fn accept_and_close_in_threads(listener: Result<Option<TcpListener>>) -> Result<
             }
         });
     }
-    Ok(Some(addr))
+    Ok(addr)
 }
 
 /// Percentiles of latencies in microseconds.

@@ -114,7 +114,8 @@ pub struct CliVersion {
     /// The engine's version as users name it: the Docker daemon's, or
     /// nerdctl's own (its "server" is containerd, listed in `components`).
     pub version: String,
-    /// Server-side components with their versions ("containerd 1.6.20").
+    /// For nerdctl, what answers behind it, with versions ("containerd
+    /// 1.6.20"); empty for a Docker daemon, whose own version is the one.
     pub components: Vec<String>,
     pub accel: AccelMethod,
     /// Why `build` cannot work here, with the fix.
@@ -143,14 +144,10 @@ pub fn cli_version(stdout: &[u8]) -> Result<CliVersion, String> {
             })
             .unwrap_or_default()
     };
-    let server: Vec<String> = components(&v["Server"])
-        .into_iter()
-        .map(|(n, ver)| format!("{n} {ver}"))
-        .collect();
     if let Some(daemon) = v["Server"]["Version"].as_str().filter(|s| !s.is_empty()) {
         return Ok(CliVersion {
             version: daemon.to_owned(),
-            components: server,
+            components: Vec::new(),
             accel: AccelMethod::Runtime,
             build_blocker: None,
         });
@@ -181,7 +178,10 @@ pub fn cli_version(stdout: &[u8]) -> Result<CliVersion, String> {
     };
     Ok(CliVersion {
         version: client.to_owned(),
-        components: server,
+        components: components(&v["Server"])
+            .into_iter()
+            .map(|(n, ver)| format!("{n} {ver}"))
+            .collect(),
         accel,
         build_blocker,
     })
@@ -353,6 +353,7 @@ mod tests {
             (v.version.as_str(), v.accel),
             ("20.10.24+dfsg1", AccelMethod::Runtime)
         );
+        assert!(v.components.is_empty(), "the daemon's version is the engine's");
         assert!(cli_version(b"{}").is_err());
     }
 }

@@ -63,6 +63,21 @@ impl CliEngine {
         c
     }
 
+    fn spawn_failed(&self, source: std::io::Error) -> EngineError {
+        EngineError::Spawn {
+            program: self.program.display().to_string(),
+            source,
+        }
+    }
+
+    /// An answer of the tool that could not be read.
+    fn unexpected(what: &str) -> impl FnOnce(String) -> EngineError + '_ {
+        move |detail| EngineError::Unexpected {
+            what: what.to_owned(),
+            detail,
+        }
+    }
+
     fn failed(&self, args: &[String], status: ExitStatus, stderr: &[u8]) -> EngineError {
         EngineError::CommandFailed {
             command: format!("{} {}", self.program.display(), args.join(" ")),
@@ -77,10 +92,7 @@ impl CliEngine {
             .stdin(Stdio::null())
             .output()
             .await
-            .map_err(|source| EngineError::Spawn {
-                program: self.program.display().to_string(),
-                source,
-            })
+            .map_err(|e| self.spawn_failed(e))
     }
 
     /// Runs and requires success; returns stdout.
@@ -110,24 +122,17 @@ impl CliEngine {
         self.command(args)
             .status()
             .await
-            .map_err(|source| EngineError::Spawn {
-                program: self.program.display().to_string(),
-                source,
-            })
+            .map_err(|e| self.spawn_failed(e))
     }
 
     /// Runs with the user's stdin and stdout; stderr is shown as it comes
     /// and its last part kept. Returns the exec'd process's real status.
     async fn exec_attached(&self, args: &[String]) -> Result<i64, EngineError> {
-        let spawn_err = |source| EngineError::Spawn {
-            program: self.program.display().to_string(),
-            source,
-        };
         let mut child = self
             .command(args)
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(spawn_err)?;
+            .map_err(|e| self.spawn_failed(e))?;
         let mut tail: Vec<u8> = Vec::new();
         if let Some(mut err) = child.stderr.take() {
             let mut shown = tokio::io::stderr();
@@ -144,7 +149,7 @@ impl CliEngine {
                 tail.drain(..excess);
             }
         }
-        let status = child.wait().await.map_err(spawn_err)?;
+        let status = child.wait().await.map_err(|e| self.spawn_failed(e))?;
         Ok(answers::exec_status(
             exit_code(status),
             &String::from_utf8_lossy(&tail),
@@ -158,19 +163,13 @@ impl CliEngine {
                 let out = self
                     .run(&["version".into(), "--format".into(), "{{json .}}".into()])
                     .await?;
-                answers::cli_version(&out).map_err(|detail| EngineError::Unexpected {
-                    what: "version".into(),
-                    detail,
-                })
+                answers::cli_version(&out).map_err(Self::unexpected("version"))
             })
             .await
     }
 
     fn json(what: &str, bytes: &[u8]) -> Result<Value, EngineError> {
-        serde_json::from_slice(bytes).map_err(|e| EngineError::Unexpected {
-            what: what.to_owned(),
-            detail: e.to_string(),
-        })
+        serde_json::from_slice(bytes).map_err(|e| Self::unexpected(what)(e.to_string()))
     }
 
     pub async fn info(&self) -> Result<EngineInfo, EngineError> {
@@ -225,10 +224,7 @@ impl CliEngine {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|source| EngineError::Spawn {
-                program: self.program.display().to_string(),
-                source,
-            })?;
+            .map_err(|e| self.spawn_failed(e))?;
         let mut stderr = child.stderr.take();
         let err_task = tokio::spawn(async move {
             let mut buf = Vec::new();
@@ -246,10 +242,7 @@ impl CliEngine {
                 }
             }
         }
-        let status = child.wait().await.map_err(|source| EngineError::Spawn {
-            program: self.program.display().to_string(),
-            source,
-        })?;
+        let status = child.wait().await.map_err(|e| self.spawn_failed(e))?;
         let stderr = err_task.await.unwrap_or_default();
         if !status.success() {
             return Err(self.failed(&args, status, &stderr));
@@ -272,10 +265,7 @@ impl CliEngine {
         }
         let mut args: Vec<String> = vec!["network".into(), "inspect".into()];
         args.extend(names);
-        answers::network_subnets(&self.run(&args).await?).map_err(|detail| EngineError::Unexpected {
-            what: "network inspect".into(),
-            detail,
-        })
+        answers::network_subnets(&self.run(&args).await?).map_err(Self::unexpected("network inspect"))
     }
 
     pub async fn create_network(&self, spec: &NodeSpec) -> Result<(), EngineError> {
@@ -320,10 +310,7 @@ impl CliEngine {
         };
         answers::container_info(&stdout)
             .map(Some)
-            .map_err(|detail| EngineError::Unexpected {
-                what: "container inspect".into(),
-                detail,
-            })
+            .map_err(Self::unexpected("container inspect"))
     }
 
     pub async fn create_container(&self, spec: &NodeSpec) -> Result<(), EngineError> {
