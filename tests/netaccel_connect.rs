@@ -410,6 +410,41 @@ fn a_slow_connect_does_not_stall_other_threads() {
 }
 
 #[test]
+fn concurrent_calls_of_one_container_are_served_by_several_threads() {
+    let Some(s) = setup("concurrent_calls_of_one_container_are_served_by_several_threads") else {
+        return;
+    };
+    let d = daemon(&s.lab, &[]);
+    let labnet = s.labnet_host.to_str().expect("utf-8 path");
+    let addr = format!("{}:7713", s.peer.addr);
+    let mut server = s
+        .peer
+        .spawn(labnet, &["accept-close", &addr])
+        .expect("accept-close server");
+    server.listening().expect("server ready");
+    let r = labnet_in(
+        &s,
+        &d,
+        &[],
+        &["connrate", &addr, "--threads", "4", "--seconds", "1"],
+    );
+    assert_eq!(r["errors"], 0, "{r}");
+    // The daemon logs each bypass with the name of the thread that served
+    // it: `netaccel-N.I`, thread I of container N.
+    let log = d.log_text();
+    let threads: std::collections::BTreeSet<&str> = log
+        .lines()
+        .filter(|l| l.contains("connect bypassed"))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("netaccel-")))
+        .collect();
+    assert!(d.bypassed_to(&addr) > 100, "few connects bypassed: {r}");
+    assert!(
+        threads.len() >= 2,
+        "one thread served every call of the container ({threads:?}); {r}"
+    );
+}
+
+#[test]
 fn bad_connect_arguments_get_the_kernels_errno() {
     let Some(s) = setup("bad_connect_arguments_get_the_kernels_errno") else {
         return;
@@ -443,9 +478,9 @@ fn a_container_killed_during_a_pending_connect_leaves_the_daemon_serving() {
         .expect("container");
     let (_server, addr) = peer_echo(&s, 7712);
     rootless_lab::wait_for(
-        "the stuck container's serving thread",
+        "the stuck container's serving threads",
         Duration::from_secs(10),
-        || (d.serving_threads().expect("daemon threads") == 1).then_some(()),
+        || (d.served_notify_fds().expect("daemon threads") == 1).then_some(()),
     )
     .unwrap_or_else(|e| panic!("{e}; daemon log:\n{}", d.log_text()));
     // Another container is served while that connect is pending.
@@ -471,7 +506,7 @@ fn a_container_killed_during_a_pending_connect_leaves_the_daemon_serving() {
     assert_eq!(d.bypassed_to(&addr), 2);
     // Every container's thread ends with it: none is left behind.
     rootless_lab::wait_for("the serving threads to end", Duration::from_secs(10), || {
-        (d.serving_threads().expect("daemon threads") == 0).then_some(())
+        (d.served_notify_fds().expect("daemon threads") == 0).then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}; daemon log:\n{}", d.log_text()));
 }

@@ -26,9 +26,9 @@ use tokio::net::UnixListener;
 use tokio::task::JoinHandle;
 
 use crate::daemon::{accept_loop, bind_private_socket, Shared};
-use crate::ignore::IgnoreList;
+use crate::oci::state::ContainerSettings;
+use crate::policy::ignore::IgnoreList;
 use crate::publish::{check_unique, PortMapping, Proto};
-use crate::state::ContainerSettings;
 
 /// What nerdctl posts (fields as in bypass4netns' `api.BypassSpec`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -1,46 +1,34 @@
 //! Serving the notify fd of one container (or one `runc exec` process).
 //!
-//! One receiving thread per notify fd, which handles what it receives (see
-//! `Container::serve` for why a thread); a handler that has to wait moves to
-//! the async runtime, so a slow connect never stalls other threads of the same
-//! container. The loop ends when the kernel reports that no process uses the
-//! filter any more (POLLHUP), and everything it owns goes with it.
-
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+//! Several threads receive on one notify fd, each blocked in
+//! `SECCOMP_IOCTL_NOTIF_RECV`; the kernel hands each notification to one of
+//! them, so calls of the container that arrive together are served together
+//! and one slow call stalls nothing else. A thread blocked in the ioctl
+//! (not in the async runtime's epoll) is also what
+//! `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` wakes on the caller's own CPU,
+//! instead of waking another (on a VM, often halted) CPU twice per syscall.
+//! A handler that has to wait (a route lookup, a loopback backlog) moves to
+//! the async runtime and frees its thread.
+//!
+//! The receiving threads end when the kernel reports that no process uses
+//! the filter any more, and everything the container owns goes with them.
 
 use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use crate::bind::{self, BindOutcome};
-use crate::connect::{self, ConnectContext, Outcome};
-use crate::ifaddrs::{NetView, SubnetWatch};
-use crate::netns::NetnsCookie;
-use crate::notify::{Notification, NotifyFd, Readiness};
-use crate::publish::{Listeners, PortMapping};
-use crate::route::Routes;
-use crate::sockopts::HostDefaults;
-use crate::tracee::Callers;
-
-#[cfg(target_arch = "x86_64")]
-const NATIVE_ARCH: u32 = 0xC000_003E; // AUDIT_ARCH_X86_64
-#[cfg(target_arch = "aarch64")]
-const NATIVE_ARCH: u32 = 0xC000_00B7; // AUDIT_ARCH_AARCH64
+use crate::calls::{self, Accel, Event, Handled, Pending};
+use crate::ifaddrs::SubnetWatch;
+use crate::policy::verdict::Keep;
+use crate::sys::notify::{Delivery, Notification, NotifyFd, Readiness};
 
 /// How a container's syscalls are answered.
 pub enum Mode {
-    /// The fast path, with the container's namespace and ignore list.
+    /// The fast path.
     Accelerate {
-        netns: NetnsCookie,
-        /// The daemon's namespace, where the sockets it hands out live.
-        host_netns: Option<NetnsCookie>,
-        view: Arc<RwLock<NetView>>,
-        defaults: Arc<HostDefaults>,
-        routes: Arc<Routes>,
-        /// Published ports whose binds the daemon takes over.
-        published: Vec<PortMapping>,
-        listeners: Arc<Listeners>,
-        /// Handles on the container's recent calling threads.
-        callers: Callers,
+        accel: Box<Accel>,
         /// Keeps the ignore list current; stops with the container.
         _watch: SubnetWatch,
     },
@@ -48,6 +36,17 @@ pub enum Mode {
     /// not be trusted, so the container still works (answering nothing would
     /// make every notified syscall fail with ENOSYS).
     PassThrough,
+}
+
+/// How the receiving threads wait for notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receivers {
+    /// `n` threads blocked in RECV (Linux ≥ 6.6, where RECV returns once the
+    /// filter has no users left; the same kernels have synchronous wake-up).
+    Blocking(usize),
+    /// One thread in poll(2) then RECV, for older kernels, whose RECV would
+    /// block forever after the container exits.
+    Polling,
 }
 
 pub struct Container {
@@ -61,7 +60,7 @@ pub struct Container {
     pub counters: Counters,
 }
 
-/// What happened to a container's connects, logged when it exits.
+/// What happened to a container's calls, logged when it exits.
 #[derive(Debug, Default)]
 pub struct Counters {
     bypassed: AtomicU64,
@@ -84,14 +83,38 @@ impl Counters {
             self.install_ns.load(Ordering::Relaxed) / n / 1000,
         )
     }
+
+    fn count(&self, event: &Event, took: Duration, install: Option<Duration>) {
+        let counter = match event {
+            Event::Bypassed { .. } => {
+                self.bypass_ns
+                    .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+                self.install_ns
+                    .fetch_add(install.unwrap_or_default().as_nanos() as u64, Ordering::Relaxed);
+                &self.bypassed
+            }
+            Event::Published { .. } => &self.published,
+            Event::Kept(_) | Event::Done { .. } => &self.kept,
+            Event::Failed { .. } | Event::HostRefused { .. } => &self.failed,
+            Event::Refused { .. } => &self.refused,
+            Event::CallerGone => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
 
 impl Container {
-    pub fn new(id: String, pid: u32, notify: NotifyFd, mode: Mode) -> Self {
+    /// A container to serve; an accelerated one's host listeners are
+    /// recorded under its new serial.
+    pub fn new(id: String, pid: u32, notify: NotifyFd, mut mode: Mode) -> Self {
+        let serial = NEXT_SERIAL.fetch_add(1, Ordering::Relaxed);
+        if let Mode::Accelerate { accel, .. } = &mut mode {
+            accel.owner = serial;
+        }
         Self {
-            serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
+            serial,
             id,
             pid,
             notify,
@@ -144,69 +167,79 @@ pub struct ContainerStatus {
 
 impl Container {
     /// Serves until the last process using the filter is gone.
-    ///
-    /// The notify fd is waited on by a thread of its own, in poll(2), not by
-    /// the async runtime's epoll: with `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`
-    /// the kernel then switches from the caller straight to that thread on
-    /// the caller's CPU and back, instead of waking another (on a VM, often
-    /// halted) CPU twice per syscall. Notifications are handled on that
-    /// thread; one that has to wait (a route lookup, a loopback backlog)
-    /// moves to the runtime, so it never stalls the container's other calls.
-    pub async fn serve(self: Arc<Self>) {
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    pub async fn serve(self: Arc<Self>, receivers: Receivers) {
         let runtime = tokio::runtime::Handle::current();
-        let container = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("netaccel-{}", self.serial))
-            .spawn(move || {
-                container.receive_loop(&runtime);
-                drop(done_tx);
-            });
-        match spawned {
-            // Nothing is ever sent: the receiver wakes (with Err) when the
-            // thread drops its sender, which it does when its loop ends or
-            // unwinds.
-            Ok(_) => {
-                let _ = done_rx.await;
-            }
-            Err(e) => {
-                tracing::error!(container = %self.id, error = %e, "cannot start a thread for the notify fd; container syscalls will fail with ENOSYS");
+        // Nothing is ever sent: `recv` ends (with None) when every thread has
+        // dropped its sender, which it does when its loop ends or unwinds.
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
+        let threads = match receivers {
+            Receivers::Blocking(n) => n.max(1),
+            Receivers::Polling => 1,
+        };
+        let mut started = 0;
+        for i in 0..threads {
+            let (container, runtime, done) = (self.clone(), runtime.clone(), done_tx.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("netaccel-{}.{i}", self.serial))
+                .spawn(move || {
+                    container.receive_loop(&runtime, receivers);
+                    drop(done);
+                });
+            match spawned {
+                Ok(_) => started += 1,
+                Err(e) => {
+                    tracing::error!(container = %self.id, error = %e, "cannot start a thread for the notify fd")
+                }
             }
         }
+        drop(done_tx);
+        if started == 0 {
+            tracing::error!(container = %self.id, "no thread serves this container: its notified syscalls will fail with ENOSYS");
+            return;
+        }
+        let _ = done_rx.recv().await;
+        let s = self.status();
+        tracing::info!(
+            container = %self.id,
+            bypassed = s.bypassed,
+            kept = s.kept,
+            failed = s.failed,
+            published = s.published,
+            refused = s.refused,
+            bypass_us = s.bypass_us,
+            install_us = s.install_us,
+            "container exited; stopped serving it"
+        );
     }
 
-    fn receive_loop(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+    fn receive_loop(self: &Arc<Self>, runtime: &tokio::runtime::Handle, receivers: Receivers) {
         // Handlers create timers and sockets of the daemon's runtime.
         let _context = runtime.enter();
         loop {
-            match self.notify.wait() {
-                Ok(Readiness::Notification) => match self.notify.recv() {
-                    Ok(n) => self.dispatch(n, runtime),
-                    // The caller vanished between poll and receive.
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            if receivers == Receivers::Polling {
+                match self.notify.wait() {
+                    Ok(Readiness::Notification) => {}
+                    Ok(Readiness::Hangup) => return,
+                    Ok(Readiness::Interrupted) => continue,
                     Err(e) => {
-                        tracing::error!(container = %self.id, error = %e, "receiving notification failed");
+                        tracing::error!(container = %self.id, error = %e, "waiting on the notify fd failed; container syscalls will fail with ENOSYS");
                         return;
                     }
-                },
-                Ok(Readiness::Hangup) => {
-                    let s = self.status();
-                    tracing::info!(
-                        container = %self.id,
-                        bypassed = s.bypassed,
-                        kept = s.kept,
-                        failed = s.failed,
-                        published = s.published,
-                        refused = s.refused,
-                        bypass_us = s.bypass_us,
-                        install_us = s.install_us,
-                        "container exited; stopped serving it"
-                    );
-                    return;
                 }
-                Ok(Readiness::Interrupted) => {}
+            }
+            match self.notify.recv() {
+                Ok(n) => self.dispatch(n, runtime),
+                // The caller vanished between wake-up and receive, another
+                // thread took the notification, or (blocking receivers) the
+                // filter has no users left: only the last ends the loop.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    if receivers != Receivers::Polling && self.notify.hung_up() {
+                        return;
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) => {
-                    tracing::error!(container = %self.id, error = %e, "waiting on the notify fd failed; container syscalls will fail with ENOSYS");
+                    tracing::error!(container = %self.id, error = %e, "receiving notification failed; container syscalls will fail with ENOSYS");
                     return;
                 }
             }
@@ -218,8 +251,8 @@ impl Container {
     fn dispatch(self: &Arc<Self>, n: Notification, runtime: &tokio::runtime::Handle) {
         let c = self.clone();
         let mut task = Box::pin(async move { c.handle(n).await });
-        // A panicking handler has already answered through its AnswerGuard;
-        // the loop goes on serving the container.
+        // A panicking handler's `Pending` lets the call continue as it
+        // unwinds; the loop goes on serving the container.
         let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             task.as_mut()
                 .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
@@ -234,161 +267,82 @@ impl Container {
     }
 
     async fn handle(&self, n: Notification) {
-        let answer = AnswerGuard {
-            notify: &self.notify,
-            id: n.id,
-            armed: true,
+        let started = Instant::now();
+        let pending = Pending::new(&self.notify, n.id);
+        let handled = match &self.mode {
+            Mode::Accelerate { accel, .. } => calls::handle(accel, &pending, &n).await,
+            Mode::PassThrough => Ok(Handled::keep(Keep::NotHandled)),
         };
-        let started = std::time::Instant::now();
-        let nr = i64::from(n.nr);
-        let native = n.arch == NATIVE_ARCH;
-        match &self.mode {
-            Mode::Accelerate {
-                netns,
-                host_netns,
-                view,
-                defaults,
-                routes,
-                published,
-                listeners,
-                callers,
-                ..
-            } if native && (nr == libc::SYS_connect || nr == libc::SYS_bind || nr == libc::SYS_shutdown) => {
-                let ctx = ConnectContext {
-                    notify: &self.notify,
-                    container_netns: *netns,
-                    host_netns: *host_netns,
-                    view,
-                    defaults,
-                    routes,
-                    published,
-                    owner: self.serial,
-                    listeners,
-                    callers,
-                };
-                if nr == libc::SYS_connect {
-                    let result = connect::handle(&ctx, &n).await;
-                    answer.disarm();
-                    if let Ok(Outcome::Bypassed { install, .. }) = &result {
-                        let c = &self.counters;
-                        c.bypass_ns
-                            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                        c.install_ns
-                            .fetch_add(install.as_nanos() as u64, Ordering::Relaxed);
-                    }
-                    self.record_connect(&n, result);
-                } else {
-                    let result = if nr == libc::SYS_bind {
-                        bind::handle(&ctx, &n).await
-                    } else {
-                        bind::handle_shutdown(&ctx, &n)
-                    };
-                    answer.disarm();
-                    self.record_bind(&n, result);
-                }
-            }
-            _ => {
-                let result = self.notify.answer_continue(n.id);
-                answer.disarm();
-                if result.is_ok() {
-                    self.counters.kept.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
+        let handled = handled.unwrap_or_else(|e| {
+            tracing::warn!(container = %self.id, pid = n.pid, nr = n.nr, error = %e, "notification handling failed; the call continues");
+            Handled::keep(Keep::NotApplicable)
+        });
+        self.finish(pending, &n, handled, started);
     }
 
-    fn record_connect(&self, n: &Notification, result: std::io::Result<Outcome>) {
-        let counter = match &result {
-            Ok(Outcome::Bypassed { .. }) => Some(&self.counters.bypassed),
-            Ok(Outcome::Kept(_)) => Some(&self.counters.kept),
-            Ok(Outcome::Failed { .. }) => Some(&self.counters.failed),
-            Ok(Outcome::Refused { .. }) => Some(&self.counters.refused),
-            _ => None,
+    /// Answers the kernel (the one place that does), then counts and logs.
+    fn finish(&self, pending: Pending<'_>, n: &Notification, handled: Handled, started: Instant) {
+        let Handled { reply, event } = handled;
+        let event = match pending.answer(reply) {
+            Ok(answered) if answered.delivery == Delivery::CallerGone => Event::CallerGone,
+            Ok(answered) => {
+                self.counters.count(&event, started.elapsed(), answered.install);
+                event
+            }
+            Err(e) => {
+                tracing::warn!(container = %self.id, pid = n.pid, nr = n.nr, error = %e, "answering the kernel failed");
+                return;
+            }
         };
-        if let Some(c) = counter {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-        match result {
-            Ok(Outcome::Bypassed { dst, errno, .. }) => {
-                tracing::debug!(container = %self.id, pid = n.pid, fd = n.args[0], %dst, errno, "connect bypassed to host socket")
-            }
-            Ok(Outcome::Failed { dst, errno }) => {
-                tracing::debug!(container = %self.id, pid = n.pid, %dst, errno, "host connect failed; error returned")
-            }
-            Ok(Outcome::Refused { errno }) => {
-                tracing::info!(container = %self.id, pid = n.pid, fd = n.args[0], errno, "connect on a host listener or loopback socket refused")
-            }
-            Ok(Outcome::Kept(reason)) => {
-                tracing::trace!(container = %self.id, pid = n.pid, ?reason, "connect kept on container path")
-            }
-            Ok(Outcome::CallerGone) => {
-                tracing::debug!(container = %self.id, pid = n.pid, "caller gone before the answer")
-            }
-            Err(e) => self.failed_handling(n, &e),
-        }
+        self.log(n, &event);
     }
 
-    fn record_bind(&self, n: &Notification, result: std::io::Result<BindOutcome>) {
-        let counter = match &result {
-            Ok(BindOutcome::Published { .. }) => Some(&self.counters.published),
-            Ok(BindOutcome::Kept(_) | BindOutcome::Done { .. }) => Some(&self.counters.kept),
-            Ok(BindOutcome::HostRefused { .. }) => Some(&self.counters.failed),
-            Ok(BindOutcome::Refused { .. }) => Some(&self.counters.refused),
-            _ => None,
-        };
-        if let Some(c) = counter {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-        match result {
-            Ok(BindOutcome::Published { host, container_port }) => {
-                tracing::debug!(container = %self.id, pid = n.pid, fd = n.args[0], %host, container_port, "bind published on host listener")
+    fn log(&self, n: &Notification, event: &Event) {
+        let (id, pid, fd) = (&self.id, n.pid, n.args[0] as u32 as i32);
+        match *event {
+            Event::Bypassed { dst, errno } => {
+                tracing::debug!(container = %id, pid, fd, %dst, errno, "connect bypassed to host socket")
             }
-            Ok(BindOutcome::HostRefused { host, errno }) => {
-                tracing::debug!(container = %self.id, pid = n.pid, %host, errno, "host bind failed; error returned")
+            Event::Failed { dst, errno } => {
+                tracing::debug!(container = %id, pid, %dst, errno, "host connect failed; error returned")
             }
-            Ok(BindOutcome::Refused { errno }) => {
-                tracing::info!(container = %self.id, pid = n.pid, fd = n.args[0], nr = n.nr, errno, "bind or shutdown on a host socket refused")
+            Event::Published { host, container_port } => {
+                tracing::debug!(container = %id, pid, fd, %host, container_port, "bind published on host listener")
             }
-            Ok(BindOutcome::Done { errno }) => {
-                tracing::trace!(container = %self.id, pid = n.pid, errno, "shutdown run by the daemon")
+            Event::HostRefused { host, errno } => {
+                tracing::debug!(container = %id, pid, %host, errno, "host bind failed; error returned")
             }
-            Ok(BindOutcome::Kept(reason)) => {
-                tracing::trace!(container = %self.id, pid = n.pid, ?reason, "bind kept on container path")
+            Event::Refused { errno } => {
+                tracing::info!(container = %id, pid, fd, nr = n.nr, errno, "call on a host listener or loopback socket refused")
             }
-            Ok(BindOutcome::CallerGone) => {
-                tracing::debug!(container = %self.id, pid = n.pid, "caller gone before the answer")
+            Event::Done { errno } => {
+                tracing::trace!(container = %id, pid, nr = n.nr, errno, "run by the daemon")
             }
-            Err(e) => self.failed_handling(n, &e),
-        }
-    }
-
-    fn failed_handling(&self, n: &Notification, e: &std::io::Error) {
-        tracing::warn!(container = %self.id, pid = n.pid, error = %e, "notification handling failed");
-        // Not answered yet: let the kernel run the syscall as usual.
-        if let Err(e) = self.notify.answer_continue(n.id) {
-            tracing::debug!(container = %self.id, error = %e, "continue after failure not delivered");
+            Event::Kept(reason) => {
+                tracing::trace!(container = %id, pid, nr = n.nr, ?reason, "kept on container path")
+            }
+            Event::CallerGone => {
+                tracing::debug!(container = %id, pid, "caller gone before the answer")
+            }
         }
     }
 }
 
-/// Sends CONTINUE if a handler unwinds before answering, so a bug can never
-/// leave a container thread blocked forever.
-struct AnswerGuard<'a> {
-    notify: &'a NotifyFd,
-    id: u64,
-    armed: bool,
+/// How many threads receive on each notify fd: one per CPU, at least 2 (a
+/// slow call never holds up the next) and at most 4 (every waiting thread
+/// is woken for each notification).
+pub fn default_receivers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 4)
 }
 
-impl AnswerGuard<'_> {
-    fn disarm(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for AnswerGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = self.notify.answer_continue(self.id);
-        }
+/// Chooses the receivers for a notify fd, given whether synchronous
+/// wake-up could be enabled on it.
+pub fn receivers_for(sync_wake_up: io::Result<()>, threads: usize) -> Receivers {
+    match sync_wake_up {
+        Ok(()) => Receivers::Blocking(threads),
+        Err(_) => Receivers::Polling,
     }
 }

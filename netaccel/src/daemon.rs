@@ -10,17 +10,20 @@ use std::time::Duration;
 
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::container::{Container, ContainerStatus, Mode};
-use crate::fdpass;
-use crate::ifaddrs::{route_socket_in_netns_of, NetView, SubnetWatch};
-use crate::ignore::IgnoreList;
-use crate::netns::{NetnsCookie, NetnsId};
-use crate::notify::NotifyFd;
+use crate::calls::Accel;
+use crate::container::{self, Container, ContainerStatus, Mode};
+use crate::ifaddrs::SubnetWatch;
+use crate::oci::state::{ContainerProcessState, ContainerSettings};
+use crate::policy::ignore::IgnoreList;
+use crate::policy::netview::NetView;
 use crate::publish::Listeners;
 use crate::route::Routes;
 use crate::sockopts::HostDefaults;
-use crate::state::{ContainerProcessState, ContainerSettings};
-use crate::tracee::Callers;
+use crate::sys::fdpass;
+use crate::sys::netns::{NetnsCookie, NetnsId};
+use crate::sys::notify::NotifyFd;
+use crate::sys::nshelper::route_socket_in_netns_of;
+use crate::sys::tracee::Callers;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -38,6 +41,9 @@ pub struct DaemonConfig {
     pub ignore: IgnoreList,
     /// The `netaccel` executable, run as the namespace helper.
     pub helper_exe: PathBuf,
+    /// Threads that receive on each container's notify fd
+    /// (`container::default_receivers()` unless chosen).
+    pub threads_per_container: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -221,9 +227,6 @@ async fn register(stream: UnixStream, shared: Arc<Shared>, extra: ContainerSetti
     let id = state.state.id.clone();
     match accelerate(&state, &shared, extra).await {
         Ok(mode) => {
-            if let Err(e) = notify.enable_sync_wake_up() {
-                tracing::debug!(container = %id, error = %e, "synchronous wake-up unavailable (Linux < 6.6)");
-            }
             tracing::info!(container = %id, pid = state.pid, "container registered");
             serve_tracked(&shared, Container::new(id, state.pid, notify, mode)).await;
         }
@@ -242,7 +245,12 @@ async fn serve_tracked(shared: &Arc<Shared>, container: Container) {
         m.insert(key, container.clone());
     }
     let serial = container.serial;
-    container.serve().await;
+    let sync = container.notify.enable_sync_wake_up();
+    if let Err(e) = &sync {
+        tracing::debug!(container = %container.id, error = %e, "synchronous wake-up unavailable (Linux < 6.6): one polling thread serves it");
+    }
+    let receivers = container::receivers_for(sync, shared.config.threads_per_container);
+    container.serve(receivers).await;
     shared.listeners.forget_owner(serial);
     if let Ok(mut m) = shared.registry.served.lock() {
         m.remove(&key);
@@ -333,14 +341,17 @@ async fn accelerate(
         tracing::info!(container = %state.state.id, ports = ?published.iter().map(|m| m.to_string()).collect::<Vec<_>>(), "binds of published ports get host listeners");
     }
     Ok(Mode::Accelerate {
-        netns: cookie,
-        host_netns: Some(shared.host_cookie),
-        view,
-        defaults: shared.defaults.clone(),
-        routes: shared.routes.clone(),
-        published,
-        listeners: shared.listeners.clone(),
-        callers: Callers::default(),
+        accel: Box::new(Accel {
+            owner: 0,
+            container_netns: cookie,
+            host_netns: Some(shared.host_cookie),
+            view,
+            defaults: shared.defaults.clone(),
+            routes: shared.routes.clone(),
+            published,
+            listeners: shared.listeners.clone(),
+            callers: Callers::default(),
+        }),
         _watch: watch,
     })
 }

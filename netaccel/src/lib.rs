@@ -2,34 +2,31 @@
 //! containers host-namespace TCP and UDP sockets, so their traffic skips the
 //! user-mode network stack.
 //!
-//! Layers, bottom up:
-//! - syscall wrappers: [`notify`] (the notify fd), [`tracee`] (the caller's
-//!   memory and fds), [`netns`] (namespace identity), [`fdpass`];
-//! - policy, plain Rust: [`sockaddr`], [`ignore`], [`connect`] (verdicts),
-//!   [`bind`] and [`publish`] (published ports and their host listeners),
-//!   [`sockopts`] (what to replay), [`route`] (egress pinning);
-//! - serving: [`ifaddrs`], [`container`], [`daemon`], [`api`] (the
-//!   bypass4netnsd-compatible HTTP API); and [`state`] /
-//!   [`profile`] for the runtime protocol; [`runtime`], the OCI runtime wrapper.
+//! Layers, bottom up; the compiler keeps `unsafe` in the first:
+//! - [`sys`]: every raw syscall and every `unsafe` block (the notify fd, the
+//!   caller's memory and fds, namespaces, fd passing, device pins);
+//! - [`policy`]: pure decisions with unit tests (addresses, ignore list,
+//!   a container's view of its network, verdicts);
+//! - [`calls`]: the syscall table and one handler per syscall; handlers
+//!   return a `Reply`, which only the dispatcher sends;
+//! - serving: [`container`] (threads per notify fd), [`daemon`]
+//!   (registrations), [`api`] (the bypass4netnsd-compatible HTTP API), with
+//!   host facts from [`route`], [`ifaddrs`], [`sockopts`] and [`publish`];
+//! - [`oci`]: the runtime's state message, the seccomp profile and the
+//!   runtime wrapper.
+#![deny(unsafe_code)]
 
 pub mod api;
-pub mod bind;
-pub mod connect;
+pub mod calls;
 pub mod container;
 pub mod daemon;
-pub mod fdpass;
 pub mod ifaddrs;
-pub mod ignore;
-pub mod netns;
-pub mod notify;
-pub mod profile;
+pub mod oci;
+pub mod policy;
 pub mod publish;
 pub mod route;
-pub mod runtime;
-pub mod sockaddr;
 pub mod sockopts;
-pub mod state;
-pub mod tracee;
+pub mod sys;
 
 /// The user's runtime directory, `$XDG_RUNTIME_DIR`, when it is set.
 pub fn runtime_dir() -> Option<std::path::PathBuf> {

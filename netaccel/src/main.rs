@@ -1,4 +1,5 @@
 //! `netaccel`: the fast-path daemon and its tools.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 
@@ -7,9 +8,9 @@ use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 
 use netaccel::daemon::{Daemon, DaemonConfig};
-use netaccel::ignore::IgnoreList;
-use netaccel::profile::NotifyProfile;
-use netaccel::state::ContainerSettings;
+use netaccel::oci::profile::NotifyProfile;
+use netaccel::oci::state::ContainerSettings;
+use netaccel::policy::ignore::IgnoreList;
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +49,10 @@ enum Command {
         /// Write the daemon's pid here while it runs.
         #[arg(long)]
         pid_file: Option<PathBuf>,
+        /// Threads that receive each container's notifications, so calls that
+        /// arrive together are served together [default: one per CPU, 2 to 4].
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+        threads: Option<u16>,
     },
     /// Show the containers a running daemon serves and what their connects did.
     Status {
@@ -123,7 +128,7 @@ fn run_runtime(
     real: &std::ffi::OsStr,
     args: &[std::ffi::OsString],
 ) -> Result<()> {
-    use netaccel::runtime::{bundle_dir, creates_container, patch_bundle, subcommand};
+    use netaccel::oci::runtime::{bundle_dir, creates_container, patch_bundle, subcommand};
     if creates_container(args) {
         let socket = socket_or_default(socket)?;
         let after = subcommand(args).map(|(i, _)| &args[i + 1..]).unwrap_or_default();
@@ -139,9 +144,9 @@ fn run_runtime(
 fn run_as_link(runtime: &str) -> Result<()> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let socket = std::env::var_os("NETACCEL_SOCKET").map(PathBuf::from);
-    let ignore = netaccel::runtime::parse_cidr_list(
+    let ignore = netaccel::oci::runtime::parse_cidr_list(
         "the wrapper's environment NETACCEL_IGNORE",
-        &std::env::var(netaccel::runtime::IGNORE_ENV).unwrap_or_default(),
+        &std::env::var(netaccel::oci::runtime::IGNORE_ENV).unwrap_or_default(),
     )?;
     run_runtime(socket, ignore, std::ffi::OsStr::new(runtime), &args)
 }
@@ -150,7 +155,7 @@ fn main() -> Result<()> {
     if let Some(runtime) = std::env::args_os()
         .next()
         .as_deref()
-        .and_then(netaccel::runtime::runtime_from_link_name)
+        .and_then(netaccel::oci::runtime::runtime_from_link_name)
     {
         return run_as_link(runtime);
     }
@@ -165,7 +170,7 @@ fn main() -> Result<()> {
             None => bail!("name the real runtime after --, e.g. netaccel runtime -- runc create …"),
         },
         // Must stay single-threaded until it has entered the namespaces.
-        Command::NetnsRouteSocket { pid } => netaccel::ifaddrs::run_helper(pid)
+        Command::NetnsRouteSocket { pid } => netaccel::sys::nshelper::run_helper(pid)
             .with_context(|| format!("opening a route socket in the network namespace of pid {pid}")),
         Command::Profile {
             socket,
@@ -213,6 +218,7 @@ fn main() -> Result<()> {
             api_socket,
             no_api,
             pid_file,
+            threads,
         } => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log_level))
@@ -220,6 +226,8 @@ fn main() -> Result<()> {
             tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                // `netaccel-N.I`: thread I of the Nth served container.
+                .with_thread_names(true)
                 .with_writer(std::io::stderr)
                 .init();
             raise_open_file_limit();
@@ -227,6 +235,8 @@ fn main() -> Result<()> {
                 socket: socket_or_default(socket)?,
                 ignore: IgnoreList::new(ignore),
                 helper_exe: std::env::current_exe().context("locating the netaccel executable")?,
+                threads_per_container: threads
+                    .map_or_else(netaccel::container::default_receivers, usize::from),
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let api_socket = if no_api {

@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -119,26 +118,6 @@ fn egress_of(route: &RouteMessage) -> Egress {
     }
 }
 
-/// Pins `sock` to interface `ifindex` (SO_BINDTOIFINDEX).
-pub fn pin_to_interface(sock: impl AsFd, ifindex: u32) -> std::io::Result<()> {
-    let value = ifindex as libc::c_int;
-    // SAFETY: SO_BINDTOIFINDEX reads one c_int from the pointer, which points
-    // at a live local of that size; the socket fd is borrowed for the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_fd().as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_BINDTOIFINDEX,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,9 +153,9 @@ mod tests {
             None,
         )
         .expect("socket");
-        pin_to_interface(&sock, 1).expect("first pin is allowed to anyone");
+        crate::sys::sock::pin_to_interface(&sock, 1).expect("first pin is allowed to anyone");
         if !rustix::process::geteuid().is_root() {
-            let err = pin_to_interface(&sock, 2).expect_err("re-pin without CAP_NET_RAW");
+            let err = crate::sys::sock::pin_to_interface(&sock, 2).expect_err("re-pin without CAP_NET_RAW");
             assert_eq!(err.raw_os_error(), Some(libc::EPERM));
         }
     }

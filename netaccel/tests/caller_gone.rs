@@ -12,14 +12,16 @@ use std::sync::mpsc;
 use std::sync::RwLock;
 use std::time::Duration;
 
-use netaccel::connect::{self, ConnectContext, Outcome};
-use netaccel::ifaddrs::NetView;
-use netaccel::netns::NetnsCookie;
-use netaccel::notify::{Delivery, NotifyFd};
+use std::sync::Arc;
+
+use netaccel::calls::{self, Accel, Event, Pending, Reply};
+use netaccel::policy::netview::NetView;
 use netaccel::publish::Listeners;
 use netaccel::route::Routes;
 use netaccel::sockopts::HostDefaults;
-use netaccel::tracee::Callers;
+use netaccel::sys::netns::NetnsCookie;
+use netaccel::sys::notify::{Delivery, NotifyFd};
+use netaccel::sys::tracee::Callers;
 use rootless_lab::seccomp::{notify_connect_on_this_thread, raw_connect};
 use rootless_lab::wait_for;
 
@@ -86,24 +88,23 @@ async fn answers_to_a_vanished_caller_report_caller_gone() {
     );
 
     // The whole handler: the caller's memory and fds are gone too.
-    let view = RwLock::new(NetView::default());
-    let listeners = Listeners::default();
-    let defaults = HostDefaults::probe().expect("defaults");
-    let routes = Routes::open().expect("routes");
-    let ctx = ConnectContext {
-        notify: &notify,
+    let accel = Accel {
+        owner: 0,
         container_netns: NetnsCookie::current().expect("netns"),
         host_netns: None,
-        view: &view,
-        defaults: &defaults,
-        routes: &routes,
-        published: &[],
-        owner: 0,
-        listeners: &listeners,
-        callers: &Callers::default(),
+        view: Arc::new(RwLock::new(NetView::default())),
+        defaults: Arc::new(HostDefaults::probe().expect("defaults")),
+        routes: Arc::new(Routes::open().expect("routes")),
+        published: Vec::new(),
+        listeners: Arc::new(Listeners::default()),
+        callers: Callers::default(),
     };
-    match connect::handle(&ctx, &n).await {
-        Ok(Outcome::CallerGone | Outcome::Kept(_)) => {}
+    let pending = Pending::new(&notify, n.id);
+    let handled = calls::handle(&accel, &pending, &n).await.expect("handled");
+    match (&handled.reply, handled.event) {
+        (Reply::Gone, Event::CallerGone) | (Reply::Continue, Event::Kept(_)) => {}
         other => panic!("unexpected outcome for a vanished caller: {other:?}"),
     }
+    let answered = pending.answer(handled.reply).expect("no error");
+    assert_eq!(answered.delivery, Delivery::CallerGone);
 }

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use netaccel::fdpass::send_with_fds;
+use netaccel::sys::fdpass::send_with_fds;
 use rootless_lab::seccomp::notify_connect_on_this_thread;
 use rootless_lab::wait_for;
 

@@ -167,8 +167,11 @@ impl NodeSpec {
             let list: Vec<String> = ignore.iter().map(ToString::to_string).collect();
             // Read by the runtime wrapper from the bundle (Docker 20.10
             // passes neither labels nor annotations to the runtime).
-            env.insert(netaccel::runtime::IGNORE_ENV.to_owned(), list.join(","));
-            annotations.insert(netaccel::runtime::IGNORE_ANNOTATION.to_owned(), list.join(","));
+            env.insert(netaccel::oci::runtime::IGNORE_ENV.to_owned(), list.join(","));
+            annotations.insert(
+                netaccel::oci::runtime::IGNORE_ANNOTATION.to_owned(),
+                list.join(","),
+            );
             AccelSpec {
                 runtime: runtime.to_owned(),
                 ignore,
@@ -271,8 +274,8 @@ mod tests {
         let a = s.accel.as_ref().expect("accel");
         assert_eq!(a.runtime, "netaccel");
         let want = format!("10.244.0.0/16,10.96.0.0/16,{}", c.node_subnet);
-        assert_eq!(s.env[netaccel::runtime::IGNORE_ENV], want);
-        assert_eq!(s.annotations[netaccel::runtime::IGNORE_ANNOTATION], want);
+        assert_eq!(s.env[netaccel::oci::runtime::IGNORE_ENV], want);
+        assert_eq!(s.annotations[netaccel::oci::runtime::IGNORE_ANNOTATION], want);
         assert_eq!(s.labels[ACCEL_LABEL], "true");
         assert!(
             !s.annotations.keys().any(|k| k.starts_with("nerdctl/")),

@@ -138,19 +138,20 @@ impl DaemonProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// How many of the daemon's threads serve a notify fd (named
-    /// `netaccel-N`, one per registered container or exec'd process).
-    pub fn serving_threads(&self) -> Result<usize> {
+    /// How many notify fds the daemon's threads serve: its receiving threads
+    /// are named `netaccel-N.I`, thread I of the Nth registered container
+    /// or exec'd process.
+    pub fn served_notify_fds(&self) -> Result<usize> {
         let tasks = PathBuf::from(format!("/proc/{}/task", self.child.id()));
-        let mut n = 0;
+        let mut served = std::collections::BTreeSet::new();
         for task in std::fs::read_dir(&tasks).with_context(|| format!("listing {}", tasks.display()))? {
             // A thread that ended between listing and reading is not serving.
             let comm = std::fs::read_to_string(task?.path().join("comm")).unwrap_or_default();
-            if comm.starts_with("netaccel-") {
-                n += 1;
+            if let Some(serial) = comm.trim().strip_prefix("netaccel-") {
+                served.insert(serial.split('.').next().unwrap_or_default().to_owned());
             }
         }
-        Ok(n)
+        Ok(served.len())
     }
 }
 

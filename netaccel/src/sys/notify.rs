@@ -1,7 +1,7 @@
 //! The seccomp user-notification fd: receive, validate, answer, inject fds.
 //!
 //! This is the only module that issues `SECCOMP_IOCTL_NOTIF_*` ioctls. Everything
-//! here is a thin, checked wrapper; the decisions live in `connect.rs`.
+//! here is a thin, checked wrapper; the decisions live in `calls`.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -111,8 +111,30 @@ impl NotifyFd {
         }
     }
 
-    /// Receives one pending notification. Call only after poll reported POLLIN:
-    /// the kernel then returns at once (with ENOENT if the caller vanished).
+    /// True when no process uses the filter any more (POLLHUP without a
+    /// pending notification), without waiting.
+    pub fn hung_up(&self) -> bool {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        match poll(&mut fds, Some(&zero)) {
+            Ok(_) => {
+                let ev = fds[0].revents();
+                !ev.contains(PollFlags::IN)
+                    && ev.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL)
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Receives one notification. After poll reported POLLIN the kernel
+    /// returns at once (with ENOENT if the caller vanished); otherwise it
+    /// waits for one, and on Linux ≥ 6.6 returns ENOENT once no process
+    /// uses the filter any more. Several threads may wait here on one fd:
+    /// each notification goes to one of them.
     pub fn recv(&self) -> io::Result<Notification> {
         // SAFETY: an all-zero seccomp_notif is valid (plain integers), and the
         // kernel requires the buffer to be zeroed.

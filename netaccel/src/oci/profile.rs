@@ -1,10 +1,11 @@
 //! The seccomp profile a container needs for the fast path.
 //!
 //! Every notified syscall costs a round trip to the daemon, so only what the
-//! daemon acts on is notified: `connect`, and for a container with published
-//! ports whose binds the daemon takes over, `bind` plus the guards that keep
-//! the host listener it hands out a listener (`shutdown` except SHUT_WR is
-//! done by the daemon; io_uring, which would bypass seccomp, is refused).
+//! daemon acts on is notified: the rules come from the syscall table
+//! (`calls::SYSCALLS`): `connect`, and for a container with published ports
+//! whose binds the daemon takes over, `bind` plus the guards that keep the
+//! host listener it hands out a listener (`shutdown` except SHUT_WR is done
+//! by the daemon; io_uring, which would bypass seccomp, is refused).
 //! `close`, `getpeername` and friends need no hook because the daemon keeps no
 //! per-fd state (it reads the socket itself through `pidfd_getfd`) and a
 //! bypassed socket is connected to exactly the address the container asked
@@ -14,12 +15,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::state::ContainerSettings;
-
-/// Syscalls the daemon handles for every container.
-pub const NOTIFIED_SYSCALLS: &[&str] = &["connect"];
-/// Added for a container with bind bypass.
-pub const BIND_SYSCALLS: &[&str] = &["bind"];
+use super::state::ContainerSettings;
+use crate::calls::{self, Action, Syscall};
 
 /// `linux.seccomp` of an OCI config (the same keys as a Docker profile).
 #[derive(Debug, Clone, Serialize)]
@@ -53,41 +50,33 @@ pub struct ArgRule {
 }
 
 impl SyscallRule {
-    fn notify(names: &[&'static str]) -> Self {
+    fn of(syscall: &Syscall) -> Self {
+        let (action, errno_ret) = match syscall.action {
+            Action::Notify(_) => ("SCMP_ACT_NOTIFY", None),
+            Action::Fail(errno) => ("SCMP_ACT_ERRNO", Some(errno as u32)),
+        };
         Self {
-            names: names.to_vec(),
-            action: "SCMP_ACT_NOTIFY",
-            args: Vec::new(),
-            errno_ret: None,
+            names: vec![syscall.name],
+            action,
+            args: syscall
+                .filter
+                .iter()
+                .map(|f| ArgRule {
+                    index: f.index,
+                    value: f.value,
+                    op: f.op,
+                })
+                .collect(),
+            errno_ret,
         }
     }
 }
 
-/// The rules for a container: `connect`, and with bind bypass the bind rule
-/// and the listener guards.
+/// The rules for a container: one per syscall of the table it gets.
 pub fn rules(settings: &ContainerSettings) -> Vec<SyscallRule> {
-    let mut rules = vec![SyscallRule::notify(NOTIFIED_SYSCALLS)];
-    if !settings.bind_bypass().is_empty() {
-        rules.push(SyscallRule::notify(BIND_SYSCALLS));
-        // shutdown(SHUT_RD or SHUT_RDWR) turns a listener back into a closed
-        // socket that could connect from the host; SHUT_WR (1) cannot.
-        rules.push(SyscallRule {
-            args: vec![ArgRule {
-                index: 1,
-                value: libc::SHUT_WR as u64,
-                op: "SCMP_CMP_NE",
-            }],
-            ..SyscallRule::notify(&["shutdown"])
-        });
-        // io_uring runs socket operations without any syscall we could see.
-        rules.push(SyscallRule {
-            names: vec!["io_uring_setup"],
-            action: "SCMP_ACT_ERRNO",
-            args: Vec::new(),
-            errno_ret: Some(libc::ENOSYS as u32),
-        });
-    }
-    rules
+    calls::for_container(!settings.bind_bypass().is_empty())
+        .map(SyscallRule::of)
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +140,7 @@ impl NotifyProfile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::ContainerProcessState;
+    use crate::oci::state::ContainerProcessState;
 
     #[test]
     fn renders_notify_rule_and_listener() {

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde_json::{json, Value};
 
-use crate::profile::{NotifyProfile, ProfileError, NOTIFIED_SYSCALLS};
-use crate::state::ContainerSettings;
+use super::profile::{NotifyProfile, ProfileError};
+use super::state::ContainerSettings;
 
 /// Per-container ignore ranges (comma-separated CIDRs) in the container's
 /// environment, for engines that pass neither labels nor annotations to the
@@ -162,6 +162,14 @@ pub fn merge_seccomp(existing: Option<&Value>, ours: &NotifyProfile) -> Result<V
             });
         }
     }
+    // The syscalls our rules notify whatever their arguments (from the
+    // table, through the profile): an ALLOW of those is the same as ours.
+    let notified: Vec<&str> = ours
+        .syscalls
+        .iter()
+        .filter(|r| r.action == "SCMP_ACT_NOTIFY" && r.args.is_empty())
+        .flat_map(|r| r.names.iter().copied())
+        .collect();
     let mut rules: Vec<Value> = merged
         .get("syscalls")
         .and_then(Value::as_array)
@@ -172,10 +180,7 @@ pub fn merge_seccomp(existing: Option<&Value>, ours: &NotifyProfile) -> Result<V
             .as_array()
             .map(|n| n.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
             .unwrap_or_default();
-        let ours_here: Vec<&String> = names
-            .iter()
-            .filter(|n| NOTIFIED_SYSCALLS.contains(&n.as_str()))
-            .collect();
+        let ours_here: Vec<&String> = names.iter().filter(|n| notified.contains(&n.as_str())).collect();
         if ours_here.is_empty() {
             continue;
         }
@@ -190,7 +195,7 @@ pub fn merge_seccomp(existing: Option<&Value>, ours: &NotifyProfile) -> Result<V
         }
         let kept: Vec<String> = names
             .iter()
-            .filter(|n| !NOTIFIED_SYSCALLS.contains(&n.as_str()))
+            .filter(|n| !notified.contains(&n.as_str()))
             .cloned()
             .collect();
         rule["names"] = json!(kept);

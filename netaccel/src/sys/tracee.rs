@@ -144,28 +144,28 @@ impl Callers {
         kept.truncate(KEPT_THREADS);
     }
 
-    /// Whether fd `fd` of thread `tid` has FD_CLOEXEC set (see
-    /// [`fd_is_cloexec`]), through a kept fdinfo file when there is one. A
-    /// file opened here is kept when the thread is.
-    pub fn fd_is_cloexec(&self, tid: u32, fd: RawFd) -> io::Result<bool> {
+    /// The flags of fd `fd` of thread `tid` (see [`fd_flags`]), through a
+    /// kept fdinfo file when there is one. A file opened here is kept when
+    /// the thread is.
+    pub fn fd_flags(&self, tid: u32, fd: RawFd) -> io::Result<FdFlags> {
         let mut kept = self.lock();
         let Some(thread) = kept.iter_mut().find(|k| k.tid == tid) else {
             drop(kept);
-            return fd_is_cloexec(tid, fd);
+            return fd_flags(tid, fd);
         };
         if let Some(at) = thread.fdinfos.iter().position(|(f, _)| *f == fd) {
             let (_, file) = thread.fdinfos.remove(at);
             // An error means the thread is gone or the fd closed: open anew.
-            if let Ok(cloexec) = read_fdinfo_cloexec(&file) {
+            if let Ok(flags) = read_fdinfo_flags(&file) {
                 thread.fdinfos.insert(0, (fd, file));
-                return Ok(cloexec);
+                return Ok(flags);
             }
         }
         let file = open_fdinfo(tid, fd)?;
-        let cloexec = read_fdinfo_cloexec(&file)?;
+        let flags = read_fdinfo_flags(&file)?;
         thread.fdinfos.insert(0, (fd, file));
         thread.fdinfos.truncate(KEPT_FDINFOS);
-        Ok(cloexec)
+        Ok(flags)
     }
 
     /// How many threads have handles kept.
@@ -189,12 +189,21 @@ pub fn copy_fd(pidfd: impl AsFd, fd: RawFd) -> io::Result<OwnedFd> {
     Ok(rustix::process::pidfd_getfd(pidfd, fd, PidfdGetfdFlags::empty())?)
 }
 
-/// Whether the caller's fd `fd` has FD_CLOEXEC set. That flag belongs to the
-/// caller's fd table, not the file, so it is read from /proc (one open, one
-/// read: this is on every bypassed connect, see [`Callers`] for the
-/// second time).
-pub fn fd_is_cloexec(tid: u32, fd: RawFd) -> io::Result<bool> {
-    read_fdinfo_cloexec(&open_fdinfo(tid, fd)?)
+/// What the caller's fd carries that its replacement must keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdFlags {
+    /// FD_CLOEXEC: a flag of the caller's fd table, not of the file.
+    pub cloexec: bool,
+    /// O_NONBLOCK, a flag of the file.
+    pub nonblocking: bool,
+}
+
+/// The flags of the caller's fd `fd`, read from /proc (one open, one read:
+/// this is on every bypassed connect, see [`Callers`] for the second time).
+/// The kernel prints the file's flags with O_CLOEXEC added when the fd
+/// has FD_CLOEXEC, so one read answers both.
+pub fn fd_flags(tid: u32, fd: RawFd) -> io::Result<FdFlags> {
+    read_fdinfo_flags(&open_fdinfo(tid, fd)?)
 }
 
 fn open_fdinfo(tid: u32, fd: RawFd) -> io::Result<OwnedFd> {
@@ -207,20 +216,23 @@ fn open_fdinfo(tid: u32, fd: RawFd) -> io::Result<OwnedFd> {
 
 /// Reads an fdinfo file from its start, which makes the kernel format it
 /// anew.
-fn read_fdinfo_cloexec(file: &OwnedFd) -> io::Result<bool> {
+fn read_fdinfo_flags(file: &OwnedFd) -> io::Result<FdFlags> {
     // "pos:" and "flags:" come first; 256 bytes always hold them.
     let mut buf = [0u8; 256];
     let n = rustix::io::pread(file, &mut buf, 0)?;
     std::str::from_utf8(&buf[..n])
         .ok()
-        .and_then(parse_fdinfo_cloexec)
+        .and_then(parse_fdinfo_flags)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no flags in fdinfo"))
 }
 
-fn parse_fdinfo_cloexec(info: &str) -> Option<bool> {
+fn parse_fdinfo_flags(info: &str) -> Option<FdFlags> {
     let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?;
     let flags = u32::from_str_radix(flags.trim(), 8).ok()?;
-    Some(flags & libc::O_CLOEXEC as u32 != 0)
+    Some(FdFlags {
+        cloexec: flags & libc::O_CLOEXEC as u32 != 0,
+        nonblocking: flags & libc::O_NONBLOCK as u32 != 0,
+    })
 }
 
 #[cfg(test)]
@@ -229,10 +241,12 @@ mod tests {
 
     #[test]
     fn fdinfo_flags_are_octal() {
-        assert_eq!(parse_fdinfo_cloexec("pos:\t0\nflags:\t02000002\n"), Some(true));
-        assert_eq!(parse_fdinfo_cloexec("pos:\t0\nflags:\t0000002\n"), Some(false));
-        assert_eq!(parse_fdinfo_cloexec("pos:\t0\n"), None);
-        assert_eq!(parse_fdinfo_cloexec("flags:\tzz\n"), None);
+        let flags = |info| parse_fdinfo_flags(info).map(|f| (f.cloexec, f.nonblocking));
+        assert_eq!(flags("pos:\t0\nflags:\t02000002\n"), Some((true, false)));
+        assert_eq!(flags("pos:\t0\nflags:\t0000002\n"), Some((false, false)));
+        assert_eq!(flags("pos:\t0\nflags:\t02004002\n"), Some((true, true)));
+        assert_eq!(flags("pos:\t0\n"), None);
+        assert_eq!(flags("flags:\tzz\n"), None);
     }
 
     #[test]
@@ -255,7 +269,7 @@ mod tests {
         let copy = copy_fd(&pidfd.fd, raw).expect("pidfd_getfd");
         assert!(std::os::fd::AsRawFd::as_raw_fd(&copy) != raw);
         assert!(
-            fd_is_cloexec(tid, raw).expect("fdinfo"),
+            fd_flags(tid, raw).expect("fdinfo").cloexec,
             "std opens files O_CLOEXEC"
         );
     }
@@ -333,23 +347,23 @@ mod tests {
         // of them can take it while this test closes and reuses it.
         let mut sock = rustix::io::fcntl_dupfd_cloexec(socket(), 900).expect("dup to a high number");
         let fd = sock.as_raw_fd();
-        assert!(kept.fd_is_cloexec(me, fd).expect("fdinfo"));
+        assert!(kept.fd_flags(me, fd).expect("fdinfo").cloexec);
         rustix::io::fcntl_setfd(&sock, rustix::io::FdFlags::empty()).expect("clear cloexec");
-        assert!(!kept.fd_is_cloexec(me, fd).expect("kept fdinfo"), "read anew");
+        assert!(!kept.fd_flags(me, fd).expect("kept fdinfo").cloexec, "read anew");
         // The same number for another file: dup2 replaces it (and clears
         // close-on-exec, which the number had again).
         rustix::io::fcntl_setfd(&sock, rustix::io::FdFlags::CLOEXEC).expect("set cloexec");
-        assert!(kept.fd_is_cloexec(me, fd).expect("kept fdinfo"));
+        assert!(kept.fd_flags(me, fd).expect("kept fdinfo").cloexec);
         rustix::io::dup2(socket(), &mut sock).expect("dup2");
         assert_eq!(sock.as_raw_fd(), fd, "same number");
-        assert!(!kept.fd_is_cloexec(me, fd).expect("fdinfo of the other socket"));
+        assert!(!kept.fd_flags(me, fd).expect("fdinfo of the other socket").cloexec);
         drop(sock);
-        assert!(kept.fd_is_cloexec(me, fd).is_err(), "closed fd");
+        assert!(kept.fd_flags(me, fd).is_err(), "closed fd");
 
         // A thread not kept is read without keeping anything.
         let (tid, pidfd) = thread_with_pidfd();
         drop(pidfd);
-        assert!(kept.fd_is_cloexec(tid, fd).is_err(), "exited thread");
+        assert!(kept.fd_flags(tid, fd).is_err(), "exited thread");
         assert_eq!(kept.len(), 1);
     }
 }

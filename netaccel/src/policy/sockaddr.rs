@@ -130,4 +130,36 @@ mod tests {
         raw[0..2].copy_from_slice(&(libc::AF_UNSPEC as u16).to_ne_bytes());
         assert_eq!(decode_inet(&raw), None);
     }
+
+    #[test]
+    fn call_arguments_are_checked_like_the_kernel() {
+        assert_eq!(
+            SockaddrCall::from_args(&[3, 0x1000, 16, 0, 0, 0]),
+            Some(SockaddrCall {
+                fd: 3,
+                addr_ptr: 0x1000,
+                addr_len: 16
+            })
+        );
+        assert_eq!(
+            SockaddrCall::from_args(&[u32::MAX as u64, 0x1000, 16, 0, 0, 0]),
+            None,
+            "fd -1"
+        );
+        assert_eq!(
+            SockaddrCall::from_args(&[3, 0x1000, 129, 0, 0, 0]),
+            None,
+            "len > 128"
+        );
+        assert_eq!(
+            SockaddrCall::from_args(&[3, 0x1000, u32::MAX as u64, 0, 0, 0]),
+            None,
+            "len -1"
+        );
+        // Upper bits are ignored by the kernel's int conversion.
+        assert_eq!(
+            SockaddrCall::from_args(&[(1 << 32) | 5, 0, 16, 0, 0, 0]).map(|c| c.fd),
+            Some(5)
+        );
+    }
 }
