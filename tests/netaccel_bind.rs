@@ -222,9 +222,12 @@ fn another_container_reaches_a_published_port_through_a_host_address() {
     wait_listening(&server);
     // The peer link's host-side address is one of the host's own addresses.
     let dst = format!("{}:17805", peer.host_addr);
+    // The client publishes a port too: only then does its profile carry
+    // the guards for a host socket that cannot be pinned (see the test
+    // below for a client without them).
     let out = Container::run(
         &lab,
-        config(&lab, &d, &[]),
+        config(&lab, &d, &["--publish", "17809:81"]),
         &["/lab/labnet", "connect", &dst, "--bytes", "200000"],
         Duration::from_secs(30),
     )
@@ -241,6 +244,51 @@ fn another_container_reaches_a_published_port_through_a_host_address() {
     assert_eq!(d.bypassed_to(&dst), 1, "daemon log:\n{}", d.log_text());
     let served = server.wait(Duration::from_secs(20)).expect("server exits");
     assert!(served.ok(), "{served:?}");
+}
+
+#[test]
+fn a_container_without_the_listener_guards_reaches_a_host_listener_only_on_its_own_path() {
+    let test = "a_container_without_the_listener_guards_reaches_a_host_listener_only_on_its_own_path";
+    let Some((lab, d)) = setup(test) else { return };
+    let peer = PeerHost::create().expect("peer host");
+    let server = echo_server(&lab, &d, "17808:80", "0.0.0.0:80", "1");
+    wait_listening(&server);
+    let good = format!("{}:17808", peer.host_addr);
+    let labnet = lab.bin_dir().join("labnet");
+    let hole = format!("{}:17810", peer.addr);
+    let mut blackhole = peer
+        .spawn(labnet.to_str().expect("utf-8 path"), &["blackhole", &hole])
+        .expect("blackhole");
+    blackhole.listening().expect("blackhole ready");
+    let (evil, evil_addr) = lab
+        .labnet_server(&["serve", "127.0.0.1:0"])
+        .expect("host loopback server");
+    // No published port: no io_uring refusal, no native-only rule. A host
+    // socket reaching the listener could not be pinned, and once
+    // disconnected it would connect anywhere from the host.
+    let out = Container::run(
+        &lab,
+        config(&lab, &d, &[]),
+        &["/lab/labnet", "escape", &good, &hole, &evil_addr],
+        Duration::from_secs(30),
+    )
+    .expect("client container runs");
+    let r = last_json(&out);
+    assert_eq!(r["a_good"], 0, "the listener is reached: {r}");
+    assert!(
+        r["a_local"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(CONTAINER_ADDR),
+        "kept on slirp4netns, not a host socket: {r}"
+    );
+    assert_eq!(d.bypassed_to(&good), 0, "daemon log:\n{}", d.log_text());
+    assert_ne!(r["a_evil"], "connected", "{r}");
+    let seen = evil.finish().expect("server output");
+    assert!(
+        !seen.contains("\"peer\""),
+        "a container reached host loopback: {seen}\n{r}"
+    );
 }
 
 #[test]

@@ -345,10 +345,12 @@ fn private_network() -> Result<SocketAddrV4, String> {
 /// Connects per second of `callers` threads, each a loop of socket,
 /// connect to a closed loopback port (refused at once), close; with
 /// `receivers` threads answering CONTINUE to every notification of their
-/// shared filter, or with no filter at all (`receivers` 0). This is the
-/// floor the kernel sets for connects the fast path keeps, under
-/// concurrency: no decision is made.
-fn kept_rate(callers: usize, receivers: usize, run: std::time::Duration) -> f64 {
+/// shared filter, or with no filter at all (`receivers` 0). With `install`,
+/// each answer first installs a socket in the caller (`ADDFD`), as a
+/// bypass does. This is the floor the kernel sets under concurrency for
+/// connects the fast path keeps (and, with `install`, bypasses): no
+/// decision is made.
+fn notified_rate(callers: usize, receivers: usize, install: bool, run: std::time::Duration) -> f64 {
     let dst: SocketAddrV4 = "127.0.0.1:1".parse().expect("addr");
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -394,9 +396,18 @@ fn kept_rate(callers: usize, receivers: usize, run: std::time::Duration) -> f64 
             }
             (0..receivers).map(move |_| {
                 let notify = notify.clone();
+                let spare = rustix::net::socket(
+                    rustix::net::AddressFamily::INET,
+                    rustix::net::SocketType::STREAM,
+                    None,
+                )
+                .expect("socket");
                 std::thread::spawn(move || loop {
                     match notify.recv() {
                         Ok(n) => {
+                            if install {
+                                let _ = notify.install_fd(n.id, spare.as_fd(), n.args[0] as i32, true);
+                            }
                             let _ = notify.answer_continue(n.id);
                         }
                         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
@@ -424,18 +435,22 @@ fn kept_rate(callers: usize, receivers: usize, run: std::time::Duration) -> f64 
     done as f64 / run.as_secs_f64()
 }
 
-/// Prints the kernel's floor for kept connects under concurrency.
-fn kept_floor() {
+/// Prints the kernel's floor for kept and bypassed connects under
+/// concurrency.
+fn concurrency_floor() {
     let run = std::time::Duration::from_secs(2);
-    println!("\nkept-connect floor (connects/s; RECV + CONTINUE only, synchronous wake-up):");
-    println!("| callers | no filter | 1 receiver | 2 receivers | 4 receivers |");
-    println!("|---:|---:|---:|---:|---:|");
+    println!("\nfloor under concurrency (connects/s; synchronous wake-up; no decision made):");
+    println!("| callers | answer | no filter | 1 receiver | 2 receivers | 4 receivers |");
+    println!("|---:|---|---:|---:|---:|---:|");
     for callers in [1, 4] {
-        let rates: Vec<String> = [0, 1, 2, 4]
-            .iter()
-            .map(|&r| format!("{:.0}", kept_rate(callers, r, run)))
-            .collect();
-        println!("| {callers} | {} |", rates.join(" | "));
+        for install in [false, true] {
+            let rates: Vec<String> = [0, 1, 2, 4]
+                .iter()
+                .map(|&r| format!("{:.0}", notified_rate(callers, r, install, run)))
+                .collect();
+            let answer = if install { "ADDFD, CONTINUE" } else { "CONTINUE" };
+            println!("| {callers} | {answer} | {} |", rates.join(" | "));
+        }
     }
 }
 
@@ -444,12 +459,9 @@ criterion_group!(benches, ignore_lookup, notifications);
 fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
-    // Not a criterion benchmark: rates of several threads at once. Runs
-    // with the others, or alone with `--bench hot_path -- floor`.
-    if std::env::args()
-        .skip(1)
-        .all(|a| a.starts_with('-') || "floor".contains(&*a) || a == "--bench")
-    {
-        kept_floor();
+    // Not a criterion benchmark: rates of several threads at once, 16 runs
+    // of 2 s. Only on request: `cargo bench --bench hot_path -- floor`.
+    if std::env::args().skip(1).any(|a| a == "floor") {
+        concurrency_floor();
     }
 }

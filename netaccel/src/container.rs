@@ -283,7 +283,15 @@ impl Container {
     /// Answers the kernel (the one place that does), then counts and logs.
     fn finish(&self, pending: Pending<'_>, n: &Notification, handled: Handled, started: Instant) {
         let Handled { reply, event } = handled;
-        let event = match pending.answer(reply) {
+        // A host listener is recorded once the container holds it and
+        // before its bind returns (connects to it are routed by the record).
+        let record = || {
+            if let (Event::Published { listener, .. }, Mode::Accelerate { accel, .. }) = (&event, &self.mode)
+            {
+                accel.listeners.record(*listener);
+            }
+        };
+        let event = match pending.answer_then(reply, record) {
             Ok(answered) if answered.delivery == Delivery::CallerGone => Event::CallerGone,
             Ok(answered) => {
                 self.counters.count(&event, started.elapsed(), answered.install);
@@ -306,7 +314,9 @@ impl Container {
             Event::Failed { dst, errno } => {
                 tracing::debug!(container = %id, pid, %dst, errno, "host connect failed; error returned")
             }
-            Event::Published { host, container_port } => {
+            Event::Published {
+                host, container_port, ..
+            } => {
                 tracing::debug!(container = %id, pid, fd, %host, container_port, "bind published on host listener")
             }
             Event::HostRefused { host, errno } => {

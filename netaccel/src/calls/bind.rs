@@ -114,14 +114,6 @@ pub fn handle(
         Ok(Ok(a)) => a,
         _ => host_addr,
     };
-    // Recorded before the container has it: a record whose install fails
-    // names a socket that closes with this call, and `Listener::alive`
-    // never finds it listening.
-    accel.listeners.record(Listener {
-        owner: accel.owner,
-        addr: bound_at,
-        inode,
-    });
     let (socket, cloexec) = replacement.into_installable()?;
     Ok(Handled {
         reply: Reply::Install {
@@ -133,6 +125,11 @@ pub fn handle(
         event: Event::Published {
             host: bound_at,
             container_port: addr.port(),
+            listener: Listener {
+                owner: accel.owner,
+                addr: bound_at,
+                inode,
+            },
         },
     })
 }

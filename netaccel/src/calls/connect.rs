@@ -108,11 +108,16 @@ pub async fn handle(
                 ifindex: Some(ifindex),
             },
             // Another container's (or its own) published port, addressed by
-            // one of the host's addresses.
-            Ok(Egress::Local) if stream && accel.listeners.live(dst.port()).is_some() => Target {
-                addr: dst,
-                ifindex: None,
-            },
+            // one of the host's addresses: a socket that cannot be pinned,
+            // so only for a container whose profile carries the guards that
+            // keep such a socket from being aimed anywhere else (see
+            // `guarded`).
+            Ok(Egress::Local) if stream && guarded(accel) && accel.listeners.live(dst.port()).is_some() => {
+                Target {
+                    addr: dst,
+                    ifindex: None,
+                }
+            }
             Ok(Egress::Local | Egress::None) => return Ok(Handled::keep(Keep::NotRoutedOut)),
             Err(e) => {
                 tracing::warn!(error = %e, "route lookup failed; connect keeps the container path");
@@ -184,6 +189,17 @@ pub async fn handle(
         },
         event: Event::Bypassed { dst, errno },
     })
+}
+
+/// Whether the container's profile carries the guards for host sockets
+/// that are not pinned outwards: a container with published ports gets
+/// them (`calls::Wanted::BindBypass`: io_uring refused, native code only,
+/// `shutdown` notified) and its `connect(AF_UNSPEC)` and connects on such
+/// sockets are decided here. Without them a disconnect would turn an
+/// unpinned host socket into one that connects anywhere from the host, by
+/// `connect`, io_uring or `sendto(MSG_FASTOPEN)`.
+fn guarded(accel: &Accel) -> bool {
+    !accel.published.is_empty()
 }
 
 /// Where a connect to the container itself on `dst`'s port goes: its own

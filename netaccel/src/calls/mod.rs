@@ -23,7 +23,7 @@ pub use reply::{AfterInstall, Answered, Pending, Reply};
 use crate::policy::netview::NetView;
 use crate::policy::sockaddr::SockaddrCall;
 use crate::policy::verdict::Keep;
-use crate::publish::{Listeners, PortMapping};
+use crate::publish::{Listener, Listeners, PortMapping};
 use crate::route::Routes;
 use crate::sockopts::HostDefaults;
 use crate::sys::netns::NetnsCookie;
@@ -226,8 +226,13 @@ pub enum Event {
     Bypassed { dst: SocketAddr, errno: i32 },
     /// The host connect failed at once; the container's socket is untouched.
     Failed { dst: SocketAddr, errno: i32 },
-    /// The container now holds a host listener on `host`.
-    Published { host: SocketAddr, container_port: u16 },
+    /// The container now holds a host listener on `host`; `listener` is
+    /// recorded once it is installed.
+    Published {
+        host: SocketAddr,
+        container_port: u16,
+        listener: Listener,
+    },
     /// The host refused the bind of a published port (port taken…): the
     /// errno is the container's answer, its socket is untouched.
     HostRefused { host: SocketAddr, errno: i32 },

@@ -28,7 +28,8 @@ pub enum Reply {
         cloexec: bool,
         then: AfterInstall,
     },
-    /// Nothing to answer: the caller is gone.
+    /// Nothing to answer: the caller is gone. (Should the kernel still list
+    /// the notification, it continues: never left unanswered.)
     Gone,
 }
 
@@ -78,11 +79,18 @@ impl<'a> Pending<'a> {
         self.notify.id_valid(self.id)
     }
 
-    /// Sends `reply`: ADDFD when it installs a socket, then SEND, each at
-    /// most once. An install the kernel refuses with an error (not a gone
-    /// caller) still ends the call: it continues on the container's own
-    /// socket, and the error is returned for the log.
-    pub fn answer(mut self, reply: Reply) -> io::Result<Answered> {
+    /// Sends `reply` (see [`Pending::answer_then`]).
+    pub fn answer(self, reply: Reply) -> io::Result<Answered> {
+        self.answer_then(reply, || {})
+    }
+
+    /// Sends `reply`: ADDFD when it installs a socket, then `installed`
+    /// (what must be recorded once the caller holds the socket, before it
+    /// can use it), then SEND, each at most once. An install the kernel
+    /// refuses with an error (not a gone caller) still ends the call: it
+    /// continues on the container's own socket, and the error is returned
+    /// for the log.
+    pub fn answer_then(mut self, reply: Reply, installed: impl FnOnce()) -> io::Result<Answered> {
         self.answered = true;
         let (notify, id) = (self.notify, self.id);
         let sent = |delivery: io::Result<Delivery>| {
@@ -94,6 +102,7 @@ impl<'a> Pending<'a> {
         match reply {
             Reply::Continue => sent(notify.answer_continue(id)),
             Reply::Return { val, errno } => sent(notify.answer(id, val, errno)),
+            Reply::Gone if notify.id_valid(id) => sent(notify.answer_continue(id)),
             Reply::Gone => sent(Ok(Delivery::CallerGone)),
             Reply::Install {
                 socket,
@@ -111,6 +120,7 @@ impl<'a> Pending<'a> {
                     }
                 }
                 let install = Some(started.elapsed());
+                installed();
                 // Our copy of the socket closes after the answer, off the
                 // caller's wait.
                 let delivery = match then {

@@ -39,8 +39,12 @@ pub fn copy_caller_fd(accel: &Accel, pending: &Pending<'_>, n: &Notification, fd
         }
         return finish(copied);
     }
-    let Ok(pidfd) = tracee::open_thread(n.pid) else {
-        return CallerFd::Gone;
+    let pidfd = match tracee::open_thread(n.pid) {
+        Ok(pidfd) => pidfd,
+        // The thread exited, or the daemon is out of fds or memory: only
+        // the notification tells which.
+        Err(e) if pending.still_waiting() => return CallerFd::Failed(e),
+        Err(_) => return CallerFd::Gone,
     };
     if !pending.still_waiting() {
         return CallerFd::Gone;
@@ -162,7 +166,11 @@ impl Replacement {
             return Ok(None);
         };
         // One read of the caller's fdinfo tells both flags; fcntl when it
-        // cannot be read.
+        // cannot be read. The file is found by fd number, so a caller that
+        // swaps another file onto that number during its own connect gets
+        // that file's flags: the same number is what the host socket
+        // replaces, so it gets our socket in place of whatever it put there
+        // either way.
         let (nonblocking, cloexec) = match accel.callers.fd_flags(pid, fd) {
             Ok(flags) => (flags.nonblocking, flags.cloexec),
             Err(_) => (
