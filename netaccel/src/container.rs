@@ -349,10 +349,13 @@ pub fn default_receivers() -> usize {
 }
 
 /// Chooses the receivers for a notify fd, given whether synchronous
-/// wake-up could be enabled on it.
-pub fn receivers_for(sync_wake_up: io::Result<()>, threads: usize) -> Receivers {
+/// wake-up could be enabled on it and whether this kernel's RECV returns
+/// once the filter has no users (`sys::notify::recv_returns_at_hangup`,
+/// tried once per daemon: both came with Linux 6.6, and a kernel with
+/// only the first would keep blocked threads forever).
+pub fn receivers_for(sync_wake_up: io::Result<()>, recv_ends: bool, threads: usize) -> Receivers {
     match sync_wake_up {
-        Ok(()) => Receivers::Blocking(threads),
-        Err(_) => Receivers::Polling,
+        Ok(()) if recv_ends => Receivers::Blocking(threads),
+        _ => Receivers::Polling,
     }
 }

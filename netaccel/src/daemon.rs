@@ -74,6 +74,8 @@ pub(crate) struct Shared {
     routes: Arc<Routes>,
     registry: Registry,
     listeners: Arc<Listeners>,
+    /// RECV returns once a filter has no users (see `container::receivers_for`).
+    recv_ends: bool,
 }
 
 /// Binds a unix socket only its owner can use (directory 0700, socket 0600),
@@ -126,6 +128,12 @@ impl Daemon {
         let defaults = HostDefaults::probe().map_err(|e| DaemonError::HostDefaults { source: e.into() })?;
         let routes = Routes::open().map_err(|source| DaemonError::Routes { source })?;
         let host_cookie = NetnsCookie::current().map_err(|source| DaemonError::NetnsCookie { source })?;
+        let recv_ends = tokio::task::spawn_blocking(crate::sys::notify::recv_returns_at_hangup)
+            .await
+            .unwrap_or(false);
+        if !recv_ends {
+            tracing::info!("this kernel's seccomp RECV does not return after the last user is gone (Linux < 6.6): one polling thread per container");
+        }
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
@@ -135,6 +143,7 @@ impl Daemon {
                 defaults: Arc::new(defaults),
                 routes: Arc::new(routes),
                 registry: Registry::default(),
+                recv_ends,
                 listeners: Arc::new(Listeners::default()),
             }),
         })
@@ -249,7 +258,7 @@ async fn serve_tracked(shared: &Arc<Shared>, container: Container) {
     if let Err(e) = &sync {
         tracing::debug!(container = %container.id, error = %e, "synchronous wake-up unavailable (Linux < 6.6): one polling thread serves it");
     }
-    let receivers = container::receivers_for(sync, shared.config.threads_per_container);
+    let receivers = container::receivers_for(sync, shared.recv_ends, shared.config.threads_per_container);
     container.serve(receivers).await;
     shared.listeners.forget_owner(serial);
     if let Ok(mut m) = shared.registry.served.lock() {

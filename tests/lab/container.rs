@@ -303,7 +303,7 @@ impl<'a> Container<'a> {
                 .command(lab, container.pid, api, &config.forwards)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(std::fs::File::create(bundle.join("user-net.log"))?)
                 .spawn()
                 .with_context(|| format!("starting {:?}", config.net))?,
         );
@@ -318,7 +318,15 @@ impl<'a> Container<'a> {
                         .any(|l| l.split('\t').nth(1) == Some("00000000"))
                 })
             },
-        )?;
+        )
+        .with_context(|| {
+            let log = std::fs::read_to_string(bundle.join("user-net.log")).unwrap_or_default();
+            let exited = container
+                .user_net
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            format!("{:?} (exited: {exited:?}) said: {}", config.net, log.trim())
+        })?;
         if api.is_some() {
             for f in &config.forwards {
                 add_hostfwd(&api_socket, f)?;

@@ -4,7 +4,7 @@
 //! here is a thin, checked wrapper; the decisions live in `calls`.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// `SECCOMP_USER_NOTIF_FLAG_CONTINUE`: let the kernel run the syscall as usual.
 const FLAG_CONTINUE: u32 = 1;
@@ -240,6 +240,71 @@ impl NotifyFd {
     }
 }
 
+/// Whether this kernel's RECV returns (ENOENT) once no process uses the
+/// filter, which lets threads wait in RECV without a poll(2) first; Linux
+/// 6.6 brought it with synchronous wake-up, and older kernels wait there
+/// forever. Tried on a filter of our own: a short-lived thread loads an
+/// allow-everything filter with a listener and exits, and a second thread
+/// waits in RECV on that listener (on a kernel without it, that second
+/// thread stays blocked: one thread, once per daemon).
+pub fn recv_returns_at_hangup() -> bool {
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+    let Ok(Ok(fd)) = std::thread::spawn(load_listener_on_this_thread).join() else {
+        return false;
+    };
+    let Ok(notify) = NotifyFd::new(fd) else {
+        return false;
+    };
+    if notify.enable_sync_wake_up().is_err() {
+        return false;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("netaccel-probe".into())
+        .spawn(move || {
+            let _ = tx.send(notify.recv().map(|_| ()));
+        });
+    if spawned.is_err() {
+        return false;
+    }
+    matches!(rx.recv_timeout(WAIT), Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOENT))
+}
+
+/// Loads "allow everything" with a new listener on the calling thread only
+/// (no TSYNC) and returns the listener. Sets no_new_privs on this thread.
+fn load_listener_on_this_thread() -> io::Result<OwnedFd> {
+    let mut allow = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: libc::SECCOMP_RET_ALLOW,
+    }];
+    let prog = libc::sock_fprog {
+        len: allow.len() as u16,
+        filter: allow.as_mut_ptr(),
+    };
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes plain integers and affects this
+    // thread, which exits right after.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `prog` points at `allow`, a valid one-instruction BPF program
+    // that outlives the call; without TSYNC the filter binds this thread.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 fn gone_or(rc: libc::c_int, ok: Delivery) -> io::Result<Delivery> {
     if rc >= 0 {
         return Ok(ok);
@@ -267,6 +332,20 @@ impl AsRawFd for NotifyFd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_kernel_ends_a_wait_in_recv_when_the_filter_has_no_users() {
+        let listener = std::thread::spawn(load_listener_on_this_thread)
+            .join()
+            .expect("thread")
+            .expect("listener");
+        let probe = NotifyFd::new(listener).expect("notify fd").enable_sync_wake_up();
+        if let Err(e) = probe {
+            eprintln!("skipped: no synchronous wake-up on this kernel ({e}): Linux < 6.6");
+            return;
+        }
+        assert!(recv_returns_at_hangup());
+    }
 
     #[test]
     fn rejects_an_fd_that_is_not_a_notify_fd() {
