@@ -16,6 +16,7 @@ const EOPNOTSUPP: i64 = 95;
 const EISCONN: i64 = 106;
 const EINVAL: i64 = 22;
 const ENOSYS: i64 = 38;
+const EINPROGRESS: i64 = 115;
 
 fn setup(test: &str) -> Option<(Lab, DaemonProcess)> {
     let lab = Lab::new_or_skip(test)?;
@@ -283,7 +284,11 @@ fn a_container_without_the_listener_guards_reaches_a_host_listener_only_on_its_o
         "kept on slirp4netns, not a host socket: {r}"
     );
     assert_eq!(d.bypassed_to(&good), 0, "daemon log:\n{}", d.log_text());
+    // The container is on the fast path: its connect to a peer is bypassed.
+    assert_eq!(r["b_hole"], EINPROGRESS, "{r}");
+    assert_eq!(d.bypassed_to(&hole), 1, "daemon log:\n{}", d.log_text());
     assert_ne!(r["a_evil"], "connected", "{r}");
+    assert_ne!(r["b_evil"], "connected", "{r}");
     let seen = evil.finish().expect("server output");
     assert!(
         !seen.contains("\"peer\""),

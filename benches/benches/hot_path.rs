@@ -129,6 +129,7 @@ fn notification_cycle(c: &mut Criterion, name: &str, dst: SocketAddrV4, expect_b
     // The caller's thread counts as the container: same namespace as ours.
     let accel = Accel {
         owner: 0,
+        guarded: false,
         container_netns: NetnsCookie::current().expect("netns"),
         // The caller shares our namespace, so no host namespace of "ours"
         // may be set: its sockets would all look like the daemon's.
@@ -396,16 +397,18 @@ fn notified_rate(callers: usize, receivers: usize, install: bool, run: std::time
             }
             (0..receivers).map(move |_| {
                 let notify = notify.clone();
-                let spare = rustix::net::socket(
-                    rustix::net::AddressFamily::INET,
-                    rustix::net::SocketType::STREAM,
-                    None,
-                )
-                .expect("socket");
                 std::thread::spawn(move || loop {
                     match notify.recv() {
                         Ok(n) => {
                             if install {
+                                // A socket of its own for each call, as a
+                                // bypass makes.
+                                let spare = rustix::net::socket(
+                                    rustix::net::AddressFamily::INET,
+                                    rustix::net::SocketType::STREAM,
+                                    None,
+                                )
+                                .expect("socket");
                                 let _ = notify.install_fd(n.id, spare.as_fd(), n.args[0] as i32, true);
                             }
                             let _ = notify.answer_continue(n.id);

@@ -128,12 +128,18 @@ impl Daemon {
         let defaults = HostDefaults::probe().map_err(|e| DaemonError::HostDefaults { source: e.into() })?;
         let routes = Routes::open().map_err(|source| DaemonError::Routes { source })?;
         let host_cookie = NetnsCookie::current().map_err(|source| DaemonError::NetnsCookie { source })?;
-        let recv_ends = tokio::task::spawn_blocking(crate::sys::notify::recv_returns_at_hangup)
-            .await
-            .unwrap_or(false);
-        if !recv_ends {
-            tracing::info!("this kernel's seccomp RECV does not return after the last user is gone (Linux < 6.6): one polling thread per container");
-        }
+        let recv_ends = match tokio::task::spawn_blocking(crate::sys::notify::recv_returns_at_hangup).await {
+            Ok(Ok(true)) => true,
+            Ok(Ok(false)) => {
+                tracing::info!("this kernel's seccomp RECV does not return once a filter has no users (Linux < 6.6): one polling thread per container");
+                false
+            }
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "cannot try seccomp RECV on a filter of our own (already under a filter with a listener?): one polling thread per container");
+                false
+            }
+            Err(_) => false,
+        };
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
@@ -321,6 +327,10 @@ async fn accelerate(
     extra: ContainerSettings,
 ) -> Result<Mode, String> {
     let mut settings = state.settings().map_err(|e| e.to_string())?;
+    // The profile netaccel rendered for these ports carries the guards for
+    // unpinned host sockets; ports added by the API (nerdctl's own profile)
+    // do not bring them.
+    let guarded = !settings.bind_bypass().is_empty();
     settings.ignore.extend(extra.ignore);
     for m in extra.publish {
         if !settings.publish.contains(&m) {
@@ -352,6 +362,7 @@ async fn accelerate(
     Ok(Mode::Accelerate {
         accel: Box::new(Accel {
             owner: 0,
+            guarded,
             container_netns: cookie,
             host_netns: Some(shared.host_cookie),
             view,

@@ -90,6 +90,7 @@ async fn answers_to_a_vanished_caller_report_caller_gone() {
     // The whole handler: the caller's memory and fds are gone too.
     let accel = Accel {
         owner: 0,
+        guarded: false,
         container_netns: NetnsCookie::current().expect("netns"),
         host_netns: None,
         view: Arc::new(RwLock::new(NetView::default())),

@@ -192,14 +192,13 @@ pub async fn handle(
 }
 
 /// Whether the container's profile carries the guards for host sockets
-/// that are not pinned outwards: a container with published ports gets
-/// them (`calls::Wanted::BindBypass`: io_uring refused, native code only,
-/// `shutdown` notified) and its `connect(AF_UNSPEC)` and connects on such
-/// sockets are decided here. Without them a disconnect would turn an
-/// unpinned host socket into one that connects anywhere from the host, by
-/// `connect`, io_uring or `sendto(MSG_FASTOPEN)`.
+/// that are not pinned outwards (`Accel::guarded`), and its
+/// `connect(AF_UNSPEC)` and connects on such sockets are decided here.
+/// Without them a disconnect would turn an unpinned host socket into one
+/// that connects anywhere from the host, by `connect`, io_uring or
+/// `sendto(MSG_FASTOPEN)`.
 fn guarded(accel: &Accel) -> bool {
-    !accel.published.is_empty()
+    accel.guarded && !accel.published.is_empty()
 }
 
 /// Where a connect to the container itself on `dst`'s port goes: its own

@@ -197,6 +197,10 @@ pub fn route(n: &Notification) -> Option<(Handler, Call)> {
 pub struct Accel {
     /// The container (`Container::serial`), owner of its host listeners.
     pub owner: u64,
+    /// Its profile is netaccel's, rendered with published ports: it carries
+    /// the guards for host sockets that cannot be pinned (io_uring refused,
+    /// native code only, `shutdown` notified; see `Wanted::BindBypass`).
+    pub guarded: bool,
     pub container_netns: NetnsCookie,
     /// The daemon's (host) namespace, where every socket it hands out lives.
     pub host_netns: Option<NetnsCookie>,
