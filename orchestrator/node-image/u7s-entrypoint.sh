@@ -5,9 +5,26 @@ set -eu
 : "${U7S_HOST_IP:?is set by u7s up: the address other hosts reach this node on}"
 
 # kubelet labels the node with its host's IP (read by `u7s sync-external-ip`)
-# and waits for that sync instead of a cloud controller.
-mkdir -p /etc/default
-echo "KUBELET_EXTRA_ARGS=--node-labels=u7s.io/host-ip=${U7S_HOST_IP} --cloud-provider=external" >/etc/default/kubelet
+# and waits for that sync instead of a cloud controller. Our flags are added
+# to the base image's own KUBELET_EXTRA_ARGS (kind's sets the runtime's
+# cgroup), once: /etc is a volume, so this runs again on every start, and a
+# host IP that changed replaces the old one.
+defaults="${U7S_KUBELET_DEFAULTS:-/etc/default/kubelet}"
+mkdir -p "$(dirname "$defaults")"
+touch "$defaults"
+extra="$(sed -n 's/^KUBELET_EXTRA_ARGS=//p' "$defaults" | tail -n 1 | tr -d '"')"
+kept=""
+for arg in $extra; do
+	case "$arg" in
+	--node-labels=u7s.io/host-ip=* | --cloud-provider=external) ;;
+	*) kept="$kept $arg" ;;
+	esac
+done
+{
+	grep -v '^KUBELET_EXTRA_ARGS=' "$defaults" || true
+	echo "KUBELET_EXTRA_ARGS=${kept# }${kept:+ }--node-labels=u7s.io/host-ip=${U7S_HOST_IP} --cloud-provider=external"
+} >"$defaults.u7s"
+mv "$defaults.u7s" "$defaults"
 
 # The engine writes a fresh /etc/hosts for every container; the control
 # plane's line added by `u7s kubeadm-join` is kept in /etc/u7s/hosts (on the

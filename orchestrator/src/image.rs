@@ -154,6 +154,61 @@ mod tests {
         assert!(img.name.starts_with("localhost/u7s-node:"));
     }
 
+    /// Runs the shipped entrypoint with `true` as the base image's command,
+    /// on a kubelet defaults file of our own.
+    fn run_entrypoint(defaults: &std::path::Path, host_ip: &str) -> String {
+        let dir = tempfile::tempdir().expect("dir");
+        let script = dir.path().join("u7s-entrypoint.sh");
+        std::fs::write(&script, ENTRYPOINT).expect("write");
+        let status = std::process::Command::new("sh")
+            .arg(&script)
+            .arg("true")
+            .env("U7S_HOST_IP", host_ip)
+            .env("U7S_KUBELET_DEFAULTS", defaults)
+            .status()
+            .expect("sh runs");
+        assert!(status.success(), "entrypoint failed: {status}");
+        std::fs::read_to_string(defaults).expect("defaults written")
+    }
+
+    #[test]
+    fn the_entrypoint_adds_its_kubelet_flags_to_the_base_images_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let defaults = dir.path().join("kubelet");
+        // What kind's node image ships.
+        std::fs::write(
+            &defaults,
+            "KUBELET_EXTRA_ARGS=--runtime-cgroups=/system.slice/containerd.service\n",
+        )
+        .expect("write");
+        let ours = "--node-labels=u7s.io/host-ip=10.0.0.5 --cloud-provider=external";
+        let first = run_entrypoint(&defaults, "10.0.0.5");
+        assert_eq!(
+            first,
+            format!("KUBELET_EXTRA_ARGS=--runtime-cgroups=/system.slice/containerd.service {ours}\n")
+        );
+        assert_eq!(
+            run_entrypoint(&defaults, "10.0.0.5"),
+            first,
+            "a restart adds nothing"
+        );
+        let moved = run_entrypoint(&defaults, "10.0.0.9");
+        assert!(
+            moved.contains("--runtime-cgroups=/system.slice/containerd.service"),
+            "{moved}"
+        );
+        assert!(
+            moved.contains("u7s.io/host-ip=10.0.0.9") && !moved.contains("10.0.0.5"),
+            "{moved}"
+        );
+        std::fs::remove_file(&defaults).expect("rm");
+        assert_eq!(
+            run_entrypoint(&defaults, "10.0.0.5"),
+            format!("KUBELET_EXTRA_ARGS={ours}\n"),
+            "a base image without the file"
+        );
+    }
+
     #[test]
     fn the_tag_follows_the_content_and_base() {
         let a = plan(&ImageSource::Build {
