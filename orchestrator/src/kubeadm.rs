@@ -57,6 +57,12 @@ pub enum StepError {
     },
     #[error("this host's NODE_NAME {name:?} is the control plane's too: set NODE_NAME to a unique name, then `u7s down -v && u7s up` and join again")]
     NameCollision { name: String },
+    #[error("this host publishes {var}={ours}, the cluster uses {theirs}: every node of a cluster needs the same kubelet and Flannel ports; set {var}={theirs} (or the control plane's U7S_TENANT), then `u7s down && u7s up` and join again")]
+    PortMismatch {
+        var: &'static str,
+        ours: u16,
+        theirs: u16,
+    },
 }
 
 /// Runs commands in the node container.
@@ -355,7 +361,9 @@ pub async fn kubeconfig(shell: &impl NodeShell, c: &Config) -> Result<String, St
 }
 
 /// The join file: the token join command plus what the joining host needs
-/// to know about the control plane (its /etc/hosts line and node subnet).
+/// to know about the control plane (its /etc/hosts line and node subnet)
+/// and the cluster-wide ports (the kubelet's and Flannel's VXLAN port,
+/// which every node publishes alike).
 pub fn join_file(c: &Config, join_command: &str) -> Result<String, StepError> {
     let line = join_command.trim();
     join_argv(line)?;
@@ -363,8 +371,9 @@ pub fn join_file(c: &Config, join_command: &str) -> Result<String, StepError> {
         "{JOIN_HEADER} (contains a bootstrap token: keep it private). Run `u7s kubeadm-join` on the joining host.\n\
          # control-plane-host: {} {}\n\
          # control-plane-node-subnet: {}\n\
+         # cluster-ports: kubelet={} flannel={}\n\
          {line}\n",
-        c.host_ip, c.node_name, c.node_subnet
+        c.host_ip, c.node_name, c.node_subnet, c.ports.kubelet, c.ports.flannel
     ))
 }
 
@@ -394,6 +403,9 @@ pub struct JoinFile {
     pub hosts_line: String,
     pub control_plane_name: String,
     pub node_subnet: Ipv4Net,
+    /// The cluster's kubelet and Flannel VXLAN ports.
+    pub kubelet_port: u16,
+    pub flannel_port: u16,
     pub join: Vec<String>,
 }
 
@@ -426,6 +438,20 @@ pub fn parse_join_file(text: &str) -> Result<JoinFile, StepError> {
     let node_subnet = subnet_text.parse().map_err(|_| StepError::BadJoinFile {
         detail: format!("has a bad node subnet {subnet_text:?}"),
     })?;
+    let ports_text = field("cluster-ports").map_err(|_| StepError::BadJoinFile {
+        detail: "lacks its `cluster-ports` line (an older u7s wrote it: run `u7s join-command` again on the control plane's host)".into(),
+    })?;
+    let port = |name: &str| {
+        ports_text
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse::<u16>().ok())
+            .filter(|p| *p != 0)
+            .ok_or_else(|| StepError::BadJoinFile {
+                detail: format!("has no valid {name} port in its cluster-ports line {ports_text:?}"),
+            })
+    };
+    let (kubelet_port, flannel_port) = (port("kubelet")?, port("flannel")?);
     let line = text
         .lines()
         .find(|l| l.starts_with("kubeadm join"))
@@ -436,6 +462,8 @@ pub fn parse_join_file(text: &str) -> Result<JoinFile, StepError> {
         hosts_line,
         control_plane_name: name,
         node_subnet,
+        kubelet_port,
+        flannel_port,
         join: join_argv(line)?,
     })
 }
@@ -459,6 +487,14 @@ pub fn check_join(c: &Config, join: &JoinFile) -> Result<(), StepError> {
             theirs: join.node_subnet,
             suggestion: next_subnet(join.node_subnet.max(c.node_subnet)),
         });
+    }
+    for (var, ours, theirs) in [
+        ("PORT_KUBELET", c.ports.kubelet, join.kubelet_port),
+        ("PORT_FLANNEL", c.ports.flannel, join.flannel_port),
+    ] {
+        if ours != theirs {
+            return Err(StepError::PortMismatch { var, ours, theirs });
+        }
     }
     Ok(())
 }
@@ -890,6 +926,41 @@ mod tests {
         let err = parse_join_file(&forged).expect_err("shell syntax");
         assert!(err.to_string().contains("$(reboot)"), "{err}");
         assert!(join_file(&cp, "rm -rf /").is_err());
+    }
+
+    #[test]
+    fn a_joining_host_must_publish_the_clusters_ports() {
+        let cp = config(&[("NODE_SUBNET", "10.100.7.0/24")]);
+        let text = join_file(&cp, JOIN).expect("file");
+        assert!(
+            text.contains("# cluster-ports: kubelet=10250 flannel=8472\n"),
+            "{text}"
+        );
+        let parsed = parse_join_file(&text).expect("parse");
+        assert_eq!((parsed.kubelet_port, parsed.flannel_port), (10250, 8472));
+        let other_flannel = config(&[
+            ("NODE_SUBNET", "10.100.8.0/24"),
+            ("NODE_NAME", "u7s-beta"),
+            ("PORT_FLANNEL", "8473"),
+        ]);
+        let err = check_join(&other_flannel, &parsed).expect_err("mismatch");
+        assert!(
+            err.to_string().contains("PORT_FLANNEL=8473")
+                && err.to_string().contains("set PORT_FLANNEL=8472"),
+            "{err}"
+        );
+        let other_tenant = config(&[
+            ("NODE_SUBNET", "10.100.8.0/24"),
+            ("NODE_NAME", "u7s-beta"),
+            ("U7S_TENANT", "1"),
+        ]);
+        let err = check_join(&other_tenant, &parsed).expect_err("another tenant's ports");
+        assert!(err.to_string().contains("PORT_KUBELET"), "{err}");
+        let old = text.replace("# cluster-ports: kubelet=10250 flannel=8472\n", "");
+        let err = parse_join_file(&old).expect_err("no ports line");
+        assert!(err.to_string().contains("u7s join-command"), "{err}");
+        let bad = text.replace("flannel=8472", "flannel=0");
+        assert!(parse_join_file(&bad).is_err(), "port 0");
     }
 
     #[test]
