@@ -19,6 +19,10 @@ pub const FLANNEL_CHART: &str = "/usr/local/share/u7s/flannel.tgz";
 pub const FLANNEL_NAMESPACE: &str = "kube-flannel";
 const UNINITIALIZED_TAINT: &str = "node.cloudprovider.kubernetes.io/uninitialized";
 const PUBLIC_IP_ANNOTATION: &str = "flannel.alpha.coreos.com/public-ip-overwrite";
+/// What flanneld published as the node's address when it took its lease.
+const PUBLISHED_IP_ANNOTATION: &str = "flannel.alpha.coreos.com/public-ip";
+/// The label of Flannel's pods, in the chart and in kube-flannel.yml alike.
+const FLANNEL_POD_SELECTOR: &str = "app=flannel";
 const JOIN_HEADER: &str = "# u7s join-command";
 
 /// What a command run in the node printed.
@@ -525,7 +529,12 @@ pub async fn kubeadm_join(shell: &impl NodeShell, c: &Config, join_text: &str) -
 
 /// For each node with a host-IP label: Flannel's public-ip-overwrite
 /// annotation, the ExternalIP address, and the `uninitialized` taint
-/// removed (no cloud controller does it for us).
+/// removed (no cloud controller does it for us). flanneld reads the
+/// overwrite only when it takes its lease, and the chart tolerates every
+/// taint, so on a new node it may have started before this sync and
+/// published the node container's address: cross-host VXLAN would then
+/// aim at an address other hosts cannot reach. Its pod on such a node is
+/// deleted, so the DaemonSet starts it again with the overwrite in place.
 pub fn sync_external_ip_commands(nodes_json: &str) -> Result<Vec<Vec<String>>, StepError> {
     let unexpected = |detail: String| StepError::Unexpected {
         what: "`kubectl get nodes -o json`".into(),
@@ -572,6 +581,18 @@ pub fn sync_external_ip_commands(nodes_json: &str) -> Result<Vec<Vec<String>>, S
                 "--type=strategic".into(),
                 "-p".into(),
                 patch.to_string(),
+            ]);
+        }
+        let published = node["metadata"]["annotations"][PUBLISHED_IP_ANNOTATION].as_str();
+        if published.is_some_and(|p| p != ip) {
+            cmds.push(vec![
+                "kubectl".into(),
+                "delete".into(),
+                "pod".into(),
+                format!("--namespace={FLANNEL_NAMESPACE}"),
+                format!("--selector={FLANNEL_POD_SELECTOR}"),
+                format!("--field-selector=spec.nodeName={name}"),
+                "--wait=false".into(),
             ]);
         }
         let tainted = node["spec"]["taints"]
@@ -993,5 +1014,49 @@ mod tests {
         );
         let bad = json!({"items": [{"metadata": {"name": "n", "labels": {NODE_HOST_IP_LABEL: "x; rm"}}}]});
         assert!(sync_external_ip_commands(&bad.to_string()).is_err());
+    }
+
+    #[test]
+    fn a_flannel_that_published_another_address_is_restarted_after_the_overwrite() {
+        let node = |published: Option<&str>| {
+            let mut annotations = json!({PUBLIC_IP_ANNOTATION: "192.168.1.11"});
+            if let Some(p) = published {
+                annotations[PUBLISHED_IP_ANNOTATION] = p.into();
+            }
+            json!({"items": [{"metadata": {"name": "u7s-beta", "labels": {NODE_HOST_IP_LABEL: "192.168.1.11"},
+                                           "annotations": annotations},
+                              "spec": {},
+                              "status": {"addresses": [{"type": "ExternalIP", "address": "192.168.1.11"}]}}]})
+            .to_string()
+        };
+        // flanneld started before the sync and took the node container's address.
+        let cmds = sync_external_ip_commands(&node(Some("10.100.8.100"))).expect("plan");
+        assert_eq!(
+            cmds,
+            [[
+                "kubectl",
+                "delete",
+                "pod",
+                "--namespace=kube-flannel",
+                "--selector=app=flannel",
+                "--field-selector=spec.nodeName=u7s-beta",
+                "--wait=false"
+            ]]
+        );
+        assert!(sync_external_ip_commands(&node(Some("192.168.1.11")))
+            .expect("plan")
+            .is_empty());
+        assert!(
+            sync_external_ip_commands(&node(None)).expect("plan").is_empty(),
+            "no flanneld on the node yet"
+        );
+        // A node whose overwrite is missing too gets it first, then the restart.
+        let fresh = json!({"items": [{"metadata": {"name": "u7s-gamma", "labels": {NODE_HOST_IP_LABEL: "192.168.1.12"},
+                                                   "annotations": {PUBLISHED_IP_ANNOTATION: "10.100.9.100"}},
+                                      "spec": {}, "status": {}}]});
+        let cmds = sync_external_ip_commands(&fresh.to_string()).expect("plan");
+        let annotate = cmds.iter().position(|c| c[1] == "annotate").expect("annotate");
+        let restart = cmds.iter().position(|c| c[1] == "delete").expect("restart");
+        assert!(annotate < restart, "{cmds:?}");
     }
 }
