@@ -330,7 +330,7 @@ async fn accelerate(
     // The profile netaccel rendered for these ports carries the guards for
     // unpinned host sockets; ports added by the API (nerdctl's own profile)
     // do not bring them.
-    let guarded = !settings.bind_bypass().is_empty();
+    let own_guards = !settings.bind_bypass().is_empty();
     settings.ignore.extend(extra.ignore);
     for m in extra.publish {
         if !settings.publish.contains(&m) {
@@ -362,7 +362,9 @@ async fn accelerate(
     Ok(Mode::Accelerate {
         accel: Box::new(Accel {
             owner: 0,
-            guarded,
+            // The connect handler decides AF_UNSPEC and connects on host
+            // listeners only with published ports (see `calls::connect`).
+            guarded: own_guards && !published.is_empty(),
             container_netns: cookie,
             host_netns: Some(shared.host_cookie),
             view,

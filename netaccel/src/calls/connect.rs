@@ -88,7 +88,7 @@ pub async fn handle(
         return Ok(Handled::keep(Keep::NotApplicable));
     };
     if home == Home::MaybeHost {
-        if let Some(errno) = socket::host_refusal(&facts, &orig, accel.host_netns) {
+        if let Some(errno) = verdict::host_socket_refusal(&facts, accel.host_netns) {
             return Ok(Handled::refuse(errno));
         }
     }
@@ -111,8 +111,8 @@ pub async fn handle(
             // one of the host's addresses: a socket that cannot be pinned,
             // so only for a container whose profile carries the guards that
             // keep such a socket from being aimed anywhere else (see
-            // `guarded`).
-            Ok(Egress::Local) if stream && guarded(accel) && accel.listeners.live(dst.port()).is_some() => {
+            // `Accel::guarded`).
+            Ok(Egress::Local) if stream && accel.guarded && accel.listeners.live(dst.port()).is_some() => {
                 Target {
                     addr: dst,
                     ifindex: None,
@@ -191,16 +191,6 @@ pub async fn handle(
     })
 }
 
-/// Whether the container's profile carries the guards for host sockets
-/// that are not pinned outwards (`Accel::guarded`), and its
-/// `connect(AF_UNSPEC)` and connects on such sockets are decided here.
-/// Without them a disconnect would turn an unpinned host socket into one
-/// that connects anywhere from the host, by `connect`, io_uring or
-/// `sendto(MSG_FASTOPEN)`.
-fn guarded(accel: &Accel) -> bool {
-    accel.guarded && !accel.published.is_empty()
-}
-
 /// Where a connect to the container itself on `dst`'s port goes: its own
 /// live host listener, reached over host loopback.
 fn own_listener(accel: &Accel, facts: &SocketFacts, dst: &SocketAddr) -> Option<SocketAddr> {
@@ -259,7 +249,7 @@ fn disconnect(accel: &Accel, pending: &Pending<'_>, n: &Notification, call: Sock
         // Not a socket: the kernel produces the right errno.
         return Handled::keep(Keep::NotInet);
     };
-    if socket::host_refusal(&facts, &orig, accel.host_netns).is_some() {
+    if verdict::host_socket_refusal(&facts, accel.host_netns).is_some() {
         return Handled::refuse(libc::EOPNOTSUPP);
     }
     if facts.netns != Some(accel.container_netns) {
@@ -292,7 +282,7 @@ fn refuse_on_host_listener(accel: &Accel, pending: &Pending<'_>, n: &Notificatio
     }
     let refusal = socket::read_facts(&sock, netns)
         .ok()
-        .and_then(|facts| socket::host_refusal(&facts, &sock, accel.host_netns));
+        .and_then(|facts| verdict::host_socket_refusal(&facts, accel.host_netns));
     match refusal {
         Some(errno) => Handled::refuse(errno),
         None => Handled::keep(Keep::IgnoredDestination),

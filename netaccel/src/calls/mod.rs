@@ -171,13 +171,6 @@ pub fn for_container(bind_bypass: bool) -> impl Iterator<Item = &'static Syscall
         .filter(move |s| s.wanted == Wanted::Always || bind_bypass)
 }
 
-/// The names of the syscalls notified for a container.
-pub fn notified_names(bind_bypass: bool) -> impl Iterator<Item = &'static str> {
-    for_container(bind_bypass)
-        .filter(|s| matches!(s.action, Action::Notify(_)))
-        .map(|s| s.name)
-}
-
 /// The handler of a notification, with its decoded arguments; `None` when
 /// the daemon does not act on it (another architecture, a call the kernel
 /// rejects by itself).
@@ -197,9 +190,14 @@ pub fn route(n: &Notification) -> Option<(Handler, Call)> {
 pub struct Accel {
     /// The container (`Container::serial`), owner of its host listeners.
     pub owner: u64,
-    /// Its profile is netaccel's, rendered with published ports: it carries
-    /// the guards for host sockets that cannot be pinned (io_uring refused,
-    /// native code only, `shutdown` notified; see `Wanted::BindBypass`).
+    /// Its profile is netaccel's, rendered with published ports, and it has
+    /// published ports: it carries the guards for host sockets that cannot
+    /// be pinned (io_uring refused, native code only, `shutdown` notified;
+    /// see `Wanted::BindBypass`), and its `connect(AF_UNSPEC)` and connects
+    /// on such sockets are decided by the connect handler. Without them a
+    /// disconnect would turn an unpinned host socket into one that connects
+    /// anywhere from the host, by `connect`, io_uring or
+    /// `sendto(MSG_FASTOPEN)`.
     pub guarded: bool,
     pub container_netns: NetnsCookie,
     /// The daemon's (host) namespace, where every socket it hands out lives.
@@ -333,6 +331,13 @@ mod tests {
         assert_eq!(route(&compat), None, "i386 calls continue");
         let other = note(libc::SYS_read, NATIVE_ARCH, [0; 6]);
         assert_eq!(route(&other), None);
+    }
+
+    /// The names of the syscalls notified for a container.
+    fn notified_names(bind_bypass: bool) -> impl Iterator<Item = &'static str> {
+        for_container(bind_bypass)
+            .filter(|s| matches!(s.action, Action::Notify(_)))
+            .map(|s| s.name)
     }
 
     #[test]

@@ -97,19 +97,21 @@ pub fn read_facts(sock: impl AsFd, netns: Option<NetnsCookie>) -> io::Result<Soc
             socket_type,
             protocol: None,
             netns: None,
+            device: None,
             bound: false,
             closed: false,
         });
     }
     let protocol = rustix::net::sockopt::socket_protocol(sock)?.map(|p| p.as_raw().get());
+    let device = sock::pinned_interface(sock).ok();
     // Unknown counts as bound: the caller then leaves the socket alone.
-    let on_device = sock::pinned_interface(sock).map_or(true, |i| i != 0);
-    let bound = local_is_bound(&local) || on_device;
+    let bound = local_is_bound(&local) || device != Some(0);
     Ok(SocketFacts {
         family,
         socket_type,
         protocol,
         netns,
+        device,
         bound,
         // Connecting, connected and listening sockets (TCP) and connected
         // ones (UDP) all hold a local port, so an unbound socket has none
@@ -123,13 +125,6 @@ fn local_is_bound(local: &rustix::net::SocketAddrAny) -> bool {
         Ok(a) => a.port() != 0 || !a.ip().is_unspecified(),
         Err(_) => true,
     }
-}
-
-/// The errno for a connect or disconnect on `sock` when it is one of our
-/// host sockets not pinned outwards (see `verdict::host_socket_refusal`).
-pub fn host_refusal(facts: &SocketFacts, sock: impl AsFd, host: Option<NetnsCookie>) -> Option<i32> {
-    let pinned = sock::pinned_interface(sock).ok();
-    verdict::host_socket_refusal(facts, pinned, host)
 }
 
 /// An AF_INET or AF_INET6 socket.

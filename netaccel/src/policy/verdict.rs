@@ -21,7 +21,11 @@ pub struct SocketFacts {
     pub protocol: Option<u32>,
     /// `None` when the namespace could not be determined.
     pub netns: Option<NetnsCookie>,
-    /// Bound to a local address or port, or to a device.
+    /// The interface it is bound to (SO_BINDTOIFINDEX, 0 for none);
+    /// `None` when it could not be read.
+    pub device: Option<u32>,
+    /// Bound to a local address or port, or to a device (an unreadable
+    /// device counts as bound).
     pub bound: bool,
     /// TCP: the state is CLOSE (not connecting, connected or listening);
     /// UDP: no peer is set.
@@ -144,17 +148,13 @@ pub fn maybe_host(netns: Option<NetnsCookie>, host: Option<NetnsCookie>) -> bool
 pub const LOOPBACK_IFINDEX: u32 = 1;
 
 /// The errno for a connect on a socket that may be one of our host sockets
-/// and is not pinned outwards (`pinned` is its SO_BINDTOIFINDEX, `None` when
+/// and is not pinned outwards (its `device` is none, loopback, or
 /// unreadable): a published-port listener, an accepted or a loopback
 /// connection. Connecting it from the host could reach anything on host
 /// loopback. EISCONN where the kernel would say so (listening or connected
 /// TCP), else EOPNOTSUPP; `None` for any other socket.
-pub fn host_socket_refusal(
-    facts: &SocketFacts,
-    pinned: Option<u32>,
-    host: Option<NetnsCookie>,
-) -> Option<i32> {
-    let pinned_outwards = pinned.is_some_and(|i| i > 0 && i != LOOPBACK_IFINDEX);
+pub fn host_socket_refusal(facts: &SocketFacts, host: Option<NetnsCookie>) -> Option<i32> {
+    let pinned_outwards = facts.device.is_some_and(|i| i > 0 && i != LOOPBACK_IFINDEX);
     if !facts.is_inet() || !maybe_host(facts.netns, host) || pinned_outwards {
         return None;
     }
@@ -206,6 +206,7 @@ mod tests {
             socket_type: SocketType::STREAM,
             protocol: Some(libc::IPPROTO_TCP as u32),
             netns: Some(ns()),
+            device: Some(0),
             bound: false,
             closed: true,
         }
@@ -351,35 +352,26 @@ mod tests {
             closed: false,
             ..closed
         };
+        let pinned = |device| SocketFacts { device, ..closed };
+        assert_eq!(host_socket_refusal(&listening, host), Some(libc::EISCONN));
+        assert_eq!(host_socket_refusal(&closed, host), Some(libc::EOPNOTSUPP));
         assert_eq!(
-            host_socket_refusal(&listening, Some(0), host),
-            Some(libc::EISCONN)
-        );
-        assert_eq!(
-            host_socket_refusal(&closed, Some(0), host),
-            Some(libc::EOPNOTSUPP)
-        );
-        assert_eq!(
-            host_socket_refusal(&closed, Some(LOOPBACK_IFINDEX), host),
+            host_socket_refusal(&pinned(Some(LOOPBACK_IFINDEX)), host),
             Some(libc::EOPNOTSUPP),
             "pinned to lo"
         );
         assert_eq!(
-            host_socket_refusal(&closed, None, host),
+            host_socket_refusal(&pinned(None), host),
             Some(libc::EOPNOTSUPP),
             "unreadable pin"
         );
         assert_eq!(
-            host_socket_refusal(&closed, Some(2), host),
+            host_socket_refusal(&pinned(Some(2)), host),
             None,
             "pinned outwards"
         );
         let container = Some(NetnsCookie::from_raw(9));
-        assert_eq!(
-            host_socket_refusal(&closed, Some(0), container),
-            None,
-            "not a host socket"
-        );
+        assert_eq!(host_socket_refusal(&closed, container), None, "not a host socket");
     }
 
     #[test]

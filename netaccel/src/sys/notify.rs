@@ -93,9 +93,25 @@ impl NotifyFd {
     /// set, is what `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` wakes on the
     /// caller's own CPU: epoll passes the wake-up on without that flag.
     pub fn wait(&self) -> io::Result<Readiness> {
+        self.poll(None)
+    }
+
+    /// True when no process uses the filter any more (POLLHUP without a
+    /// pending notification), without waiting.
+    pub fn hung_up(&self) -> bool {
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        matches!(self.poll(Some(&zero)), Ok(Readiness::Hangup))
+    }
+
+    /// One poll(2) on the fd; `Interrupted` also when `timeout` passed
+    /// with nothing to report.
+    fn poll(&self, timeout: Option<&rustix::event::Timespec>) -> io::Result<Readiness> {
         use rustix::event::{poll, PollFd, PollFlags};
         let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
-        match poll(&mut fds, None) {
+        match poll(&mut fds, timeout) {
             Ok(_) => {
                 let ev = fds[0].revents();
                 if ev.contains(PollFlags::IN) {
@@ -108,25 +124,6 @@ impl NotifyFd {
             }
             Err(rustix::io::Errno::INTR) => Ok(Readiness::Interrupted),
             Err(e) => Err(e.into()),
-        }
-    }
-
-    /// True when no process uses the filter any more (POLLHUP without a
-    /// pending notification), without waiting.
-    pub fn hung_up(&self) -> bool {
-        use rustix::event::{poll, PollFd, PollFlags, Timespec};
-        let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
-        let zero = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        match poll(&mut fds, Some(&zero)) {
-            Ok(_) => {
-                let ev = fds[0].revents();
-                !ev.contains(PollFlags::IN)
-                    && ev.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL)
-            }
-            Err(_) => false,
         }
     }
 
