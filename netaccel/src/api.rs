@@ -26,7 +26,9 @@ use tokio::net::UnixListener;
 use tokio::task::JoinHandle;
 
 use crate::daemon::{accept_loop, bind_private_socket, Shared};
+use crate::keeper::wire::Kind;
 use crate::oci::state::ContainerSettings;
+use crate::policy::fallback::Fallback;
 use crate::policy::ignore::IgnoreList;
 use crate::publish::{check_unique, PortMapping, Proto};
 
@@ -104,6 +106,8 @@ struct Bypass {
     status: BypassStatus,
     socket: PathBuf,
     task: JoinHandle<()>,
+    /// Its entry in the keeper, so it survives a daemon restart.
+    kept: Option<u64>,
 }
 
 impl Drop for Bypass {
@@ -165,6 +169,32 @@ impl BypassApi {
     }
 
     async fn start(&self, spec: BypassSpec) -> Result<BypassStatus, ApiError> {
+        self.launch(spec, None).await
+    }
+
+    /// Serves again the registrations the keeper held for a previous
+    /// daemon (`(key, record)` from `Daemon::take_restored_bypasses`).
+    pub async fn restore(&self, held: Vec<(u64, Vec<u8>)>) {
+        for (key, record) in held {
+            let started = match serde_json::from_slice::<BypassSpec>(&record) {
+                Ok(spec) => self.launch(spec, Some(key)).await.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("unreadable record: {e}")),
+            };
+            match started {
+                Ok(status) => tracing::info!(id = %status.id, "bypass re-attached from the keeper"),
+                Err(why) => {
+                    tracing::error!(key, reason = %why, "a bypass held by the keeper cannot be served again; dropped");
+                    if let Some(link) = &self.shared.keeper {
+                        link.forget(key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts serving `spec`; `kept` is its key when the keeper already
+    /// holds it, otherwise it is handed to the keeper.
+    async fn launch(&self, spec: BypassSpec, kept: Option<u64>) -> Result<BypassStatus, ApiError> {
         if spec.id.is_empty() {
             return Err(ApiError::NoId);
         }
@@ -196,10 +226,21 @@ impl BypassApi {
             spec,
         };
         tracing::info!(id = %status.id, socket = %socket.display(), "bypass started");
+        let kept = match (&self.shared.keeper, kept) {
+            (Some(_), Some(key)) => Some(key),
+            (Some(link), None) => {
+                let key = crate::container::next_serial();
+                let record = serde_json::to_vec(&status.spec).unwrap_or_default();
+                link.hold(key, Kind::Bypass, &Fallback::continue_all(), record, &[]);
+                Some(key)
+            }
+            (None, _) => None,
+        };
         let bypass = Bypass {
             status: status.clone(),
             socket,
             task,
+            kept,
         };
         let mut map = self
             .bypasses
@@ -216,7 +257,10 @@ impl BypassApi {
     fn stop(&self, id: &str) -> Result<(), ApiError> {
         let removed = self.bypasses.lock().ok().and_then(|mut b| b.remove(id));
         match removed {
-            Some(_) => {
+            Some(bypass) => {
+                if let (Some(link), Some(key)) = (&self.shared.keeper, bypass.kept) {
+                    link.forget(key);
+                }
                 tracing::info!(id, "bypass stopped");
                 Ok(())
             }
@@ -224,7 +268,8 @@ impl BypassApi {
         }
     }
 
-    /// Stops every bypass (daemon shutdown).
+    /// Stops serving every bypass (daemon shutdown); the keeper keeps them
+    /// for the next daemon.
     pub fn stop_all(&self) {
         if let Ok(mut b) = self.bypasses.lock() {
             b.clear();

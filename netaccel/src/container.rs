@@ -21,7 +21,10 @@ use std::time::{Duration, Instant};
 
 use crate::calls::{self, Accel, Event, Handled, Pending};
 use crate::ifaddrs::SubnetWatch;
+use crate::policy::fallback::{Answer, Fallback};
 use crate::policy::verdict::Keep;
+use crate::restore::Kept;
+use crate::sys::idlog::IdLog;
 use crate::sys::notify::{Delivery, Notification, NotifyFd, Readiness};
 
 /// How a container's syscalls are answered.
@@ -32,10 +35,13 @@ pub enum Mode {
         /// Keeps the ignore list current; stops with the container.
         _watch: SubnetWatch,
     },
-    /// Every syscall continues unchanged: used when the registration could
-    /// not be trusted, so the container still works (answering nothing would
-    /// make every notified syscall fail with ENOSYS).
-    PassThrough,
+    /// No decisions: every syscall continues unchanged, or fails where the
+    /// fallback says continuing could undo a listener guard. Used when a
+    /// registration cannot be trusted (so the container still works:
+    /// answering nothing would make every notified syscall fail with
+    /// ENOSYS), and for a re-attached container whose namespace cannot be
+    /// entered again.
+    PassThrough(Fallback),
 }
 
 /// How the receiving threads wait for notifications.
@@ -58,6 +64,12 @@ pub struct Container {
     pub notify: NotifyFd,
     pub mode: Mode,
     pub counters: Counters,
+    /// Where its receivers note each notification id (see `sys::idlog`).
+    pub idlog: Option<IdLog>,
+    /// Its entry in the keeper, when the daemon has one.
+    pub kept: Option<Kept>,
+    /// Taken back from the keeper after a daemon restart.
+    pub restored: bool,
 }
 
 /// What happened to a container's calls, logged when it exits.
@@ -105,11 +117,27 @@ impl Counters {
 
 static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
 
+/// A serial no container or bypass of this daemon has had, nor any entry
+/// the keeper handed back (see [`reserve_serials_through`]).
+pub fn next_serial() -> u64 {
+    NEXT_SERIAL.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Makes every later serial larger than `taken` (the keys the keeper holds
+/// for a previous daemon).
+pub fn reserve_serials_through(taken: u64) {
+    NEXT_SERIAL.fetch_max(taken.saturating_add(1), Ordering::Relaxed);
+}
+
 impl Container {
     /// A container to serve; an accelerated one's host listeners are
     /// recorded under its new serial.
-    pub fn new(id: String, pid: u32, notify: NotifyFd, mut mode: Mode) -> Self {
-        let serial = NEXT_SERIAL.fetch_add(1, Ordering::Relaxed);
+    pub fn new(id: String, pid: u32, notify: NotifyFd, mode: Mode) -> Self {
+        Self::with_serial(next_serial(), id, pid, notify, mode)
+    }
+
+    /// A container under a serial it already had (re-attached).
+    pub fn with_serial(serial: u64, id: String, pid: u32, notify: NotifyFd, mut mode: Mode) -> Self {
         if let Mode::Accelerate { accel, .. } = &mut mode {
             accel.owner = serial;
         }
@@ -120,6 +148,9 @@ impl Container {
             notify,
             mode,
             counters: Counters::default(),
+            idlog: None,
+            kept: None,
+            restored: false,
         }
     }
 
@@ -138,6 +169,7 @@ impl Container {
             refused: c.refused.load(Ordering::Relaxed),
             bypass_us,
             install_us,
+            restored: self.restored,
         }
     }
 }
@@ -163,6 +195,10 @@ pub struct ContainerStatus {
     pub bypass_us: u64,
     #[serde(default)]
     pub install_us: u64,
+    /// Taken back from the keeper after a daemon restart (counters start
+    /// again from zero then).
+    #[serde(default)]
+    pub restored: bool,
 }
 
 impl Container {
@@ -228,7 +264,12 @@ impl Container {
                 }
             }
             match self.notify.recv() {
-                Ok(n) => self.dispatch(n, runtime),
+                Ok(n) => {
+                    if let Some(log) = &self.idlog {
+                        log.note(n.id);
+                    }
+                    self.dispatch(n, runtime)
+                }
                 // The caller vanished between wake-up and receive, another
                 // thread took the notification, or (blocking receivers) the
                 // filter has no users left: only the last ends the loop.
@@ -271,7 +312,10 @@ impl Container {
         let pending = Pending::new(&self.notify, n.id);
         let handled = match &self.mode {
             Mode::Accelerate { accel, .. } => calls::handle(accel, &pending, &n).await,
-            Mode::PassThrough => Ok(Handled::keep(Keep::NotHandled)),
+            Mode::PassThrough(fallback) => Ok(match fallback.answer(n.nr) {
+                Answer::Continue => Handled::keep(Keep::NotHandled),
+                Answer::Fail(errno) => Handled::refuse(errno),
+            }),
         };
         let handled = handled.unwrap_or_else(|e| {
             tracing::warn!(container = %self.id, pid = n.pid, nr = n.nr, error = %e, "notification handling failed; the call continues");
@@ -289,6 +333,9 @@ impl Container {
             if let (Event::Published { listener, .. }, Mode::Accelerate { accel, .. }) = (&event, &self.mode)
             {
                 accel.listeners.record(*listener);
+                if let Some(kept) = &self.kept {
+                    kept.listeners_changed(&accel.listeners);
+                }
             }
         };
         let event = match pending.answer_then(reply, record) {

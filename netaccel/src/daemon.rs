@@ -13,13 +13,18 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::calls::Accel;
 use crate::container::{self, Container, ContainerStatus, Mode};
 use crate::ifaddrs::SubnetWatch;
+use crate::keeper::client::KeeperLink;
+use crate::keeper::wire::{Entry, Kind};
 use crate::oci::state::{ContainerProcessState, ContainerSettings};
+use crate::policy::fallback::Fallback;
 use crate::policy::ignore::IgnoreList;
 use crate::policy::netview::NetView;
 use crate::publish::Listeners;
+use crate::restore::{AccelRecord, ContainerRecord, Kept};
 use crate::route::Routes;
 use crate::sockopts::HostDefaults;
 use crate::sys::fdpass;
+use crate::sys::idlog::IdLog;
 use crate::sys::netns::{NetnsCookie, NetnsId};
 use crate::sys::notify::NotifyFd;
 use crate::sys::nshelper::route_socket_in_netns_of;
@@ -44,6 +49,10 @@ pub struct DaemonConfig {
     /// Threads that receive on each container's notify fd
     /// (`container::default_receivers()` unless chosen).
     pub threads_per_container: usize,
+    /// How long callers wait for a daemon when this one is gone, before
+    /// the keeper answers them; `None`: no keeper (containers do not
+    /// survive the daemon).
+    pub keeper_wait: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +71,10 @@ pub enum DaemonError {
     HostDefaults { source: io::Error },
     #[error("cannot read a socket's network namespace cookie (SO_NETNS_COOKIE needs Linux 5.14 or later): {source}")]
     NetnsCookie { source: io::Error },
+    #[error("{source} (or pass --no-keeper: running containers then do not survive the daemon)")]
+    Keeper {
+        source: crate::keeper::client::LinkError,
+    },
 }
 
 /// What every registration shares.
@@ -73,9 +86,11 @@ pub(crate) struct Shared {
     defaults: Arc<HostDefaults>,
     routes: Arc<Routes>,
     registry: Registry,
-    listeners: Arc<Listeners>,
+    pub(crate) listeners: Arc<Listeners>,
     /// RECV returns once a filter has no users (see `container::receivers_for`).
     recv_ends: bool,
+    /// Holds a copy of every notify fd (see `keeper`).
+    pub(crate) keeper: Option<Arc<KeeperLink>>,
 }
 
 /// Binds a unix socket only its owner can use (directory 0700, socket 0600),
@@ -118,6 +133,8 @@ pub async fn bind_private_socket(socket: &Path) -> Result<UnixListener, DaemonEr
 pub struct Daemon {
     listener: UnixListener,
     shared: Arc<Shared>,
+    /// What the keeper held for a previous daemon, served from `run`.
+    restored: Vec<Entry>,
 }
 
 impl Daemon {
@@ -140,6 +157,31 @@ impl Daemon {
             }
             Err(_) => false,
         };
+        let (keeper, restored) = match config.keeper_wait {
+            Some(wait) => {
+                let socket = crate::keeper::socket_beside(&config.socket);
+                let exe = config.helper_exe.clone();
+                let attached = tokio::task::spawn_blocking(move || KeeperLink::attach(&socket, &exe, wait))
+                    .await
+                    .map_err(|e| DaemonError::Keeper {
+                        source: crate::keeper::client::LinkError::Io {
+                            socket: crate::keeper::socket_beside(&config.socket),
+                            source: io::Error::other(e),
+                        },
+                    })?;
+                let (link, entries) = attached.map_err(|source| DaemonError::Keeper { source })?;
+                if let Some(max) = entries.iter().map(|e| e.key).max() {
+                    container::reserve_serials_through(max);
+                }
+                tracing::info!(
+                    keeper = link.keeper_pid,
+                    held = entries.len(),
+                    "attached to the keeper"
+                );
+                (Some(Arc::new(link)), entries)
+            }
+            None => (None, Vec::new()),
+        };
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
@@ -151,8 +193,20 @@ impl Daemon {
                 registry: Registry::default(),
                 recv_ends,
                 listeners: Arc::new(Listeners::default()),
+                keeper,
             }),
+            restored,
         })
+    }
+
+    /// The bypass4netnsd registrations the keeper held for a previous
+    /// daemon (`(key, record)`), for the API to serve again.
+    pub fn take_restored_bypasses(&mut self) -> Vec<(u64, Vec<u8>)> {
+        let (bypasses, containers) = std::mem::take(&mut self.restored)
+            .into_iter()
+            .partition::<Vec<_>, _>(|e| e.kind == Kind::Bypass);
+        self.restored = containers;
+        bypasses.into_iter().map(|e| (e.key, e.record)).collect()
     }
 
     pub fn socket(&self) -> &Path {
@@ -165,8 +219,15 @@ impl Daemon {
     }
 
     /// Accepts registrations until `shutdown` resolves, then removes the socket.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tracing::info!(socket = %self.socket().display(), ignore = ?self.shared.config.ignore.nets(), "netaccel daemon listening");
+        if let Some(link) = &self.shared.keeper {
+            for entry in std::mem::take(&mut self.restored) {
+                if entry.kind == Kind::Container {
+                    tokio::spawn(crate::restore::reattach(entry, self.shared.clone(), link.clone()));
+                }
+            }
+        }
         tokio::select! {
             _ = accept_loop(&self.listener, self.shared.clone(), ContainerSettings::default()) => {}
             _ = shutdown => {}
@@ -240,20 +301,51 @@ async fn register(stream: UnixStream, shared: Arc<Shared>, extra: ContainerSetti
         Err(all) => return pass_through_all(&shared, all, "several fds where one was expected"),
     };
     let id = state.state.id.clone();
-    match accelerate(&state, &shared, extra).await {
-        Ok(mode) => {
+    let (mode, accel) = match accelerate(&state, &shared, extra).await {
+        Ok((mode, record)) => {
             tracing::info!(container = %id, pid = state.pid, "container registered");
-            serve_tracked(&shared, Container::new(id, state.pid, notify, mode)).await;
+            (mode, Some(record))
         }
         Err(why) => {
             tracing::error!(container = %id, pid = state.pid, reason = %why, "serving container without acceleration");
-            serve_tracked(&shared, Container::new(id, state.pid, notify, Mode::PassThrough)).await;
+            (Mode::PassThrough(Fallback::continue_all()), None)
+        }
+    };
+    let record = ContainerRecord {
+        id: id.clone(),
+        pid: state.pid,
+        accel,
+    };
+    let container = keep(&shared, Container::new(id, state.pid, notify, mode), record);
+    serve_tracked(&shared, container).await;
+}
+
+/// Gives the keeper (if any) a copy of the container's notify fd and a
+/// page for its notification ids.
+fn keep(shared: &Shared, mut container: Container, record: ContainerRecord) -> Container {
+    let Some(link) = &shared.keeper else {
+        return container;
+    };
+    match IdLog::create() {
+        Ok(idlog) => {
+            container.kept = Some(Kept::hold(
+                link.clone(),
+                container.serial,
+                record,
+                &container.notify,
+                &idlog,
+            ));
+            container.idlog = Some(idlog);
+        }
+        Err(e) => {
+            tracing::error!(container = %container.id, error = %e, "no id page (memfd): this container will not survive a daemon restart")
         }
     }
+    container
 }
 
 /// Serves a container while it is listed in the daemon's registry.
-async fn serve_tracked(shared: &Arc<Shared>, container: Container) {
+pub(crate) async fn serve_tracked(shared: &Arc<Shared>, container: Container) {
     let container = Arc::new(container);
     let key = shared.registry.next.fetch_add(1, Ordering::Relaxed);
     if let Ok(mut m) = shared.registry.served.lock() {
@@ -265,7 +357,10 @@ async fn serve_tracked(shared: &Arc<Shared>, container: Container) {
         tracing::debug!(container = %container.id, error = %e, "synchronous wake-up unavailable (Linux < 6.6): one polling thread serves it");
     }
     let receivers = container::receivers_for(sync, shared.recv_ends, shared.config.threads_per_container);
-    container.serve(receivers).await;
+    container.clone().serve(receivers).await;
+    if let Some(kept) = &container.kept {
+        kept.forget();
+    }
     shared.listeners.forget_owner(serial);
     if let Ok(mut m) = shared.registry.served.lock() {
         m.remove(&key);
@@ -316,7 +411,17 @@ fn pass_through_all(shared: &Arc<Shared>, fds: Vec<NotifyFd>, why: &str) {
     );
     for notify in fds {
         let shared = shared.clone();
-        let c = Container::new("<unregistered>".into(), 0, notify, Mode::PassThrough);
+        let record = ContainerRecord {
+            id: "<unregistered>".into(),
+            pid: 0,
+            accel: None,
+        };
+        let mode = Mode::PassThrough(Fallback::continue_all());
+        let c = keep(
+            &shared,
+            Container::new(record.id.clone(), 0, notify, mode),
+            record,
+        );
         tokio::spawn(async move { serve_tracked(&shared, c).await });
     }
 }
@@ -325,7 +430,7 @@ async fn accelerate(
     state: &ContainerProcessState,
     shared: &Shared,
     extra: ContainerSettings,
-) -> Result<Mode, String> {
+) -> Result<(Mode, AccelRecord), String> {
     let mut settings = state.settings().map_err(|e| e.to_string())?;
     // The profile netaccel rendered for these ports carries the guards for
     // unpinned host sockets; ports added by the API (nerdctl's own profile)
@@ -339,32 +444,44 @@ async fn accelerate(
     }
     settings.ignore_bind |= extra.ignore_bind;
     crate::publish::check_unique(&settings.publish).map_err(|e| e.to_string())?;
-    let netns = NetnsId::of_pid(state.pid).map_err(|e| format!("netns of pid {}: {e}", state.pid))?;
+    // The connect handler decides AF_UNSPEC and connects on host listeners
+    // only with published ports (see `calls::connect`).
+    let guarded = own_guards && !settings.bind_bypass().is_empty();
+    accel_for(state.pid, &state.state.id, settings, guarded, shared).await
+}
+
+/// The fast path for the container of `pid` with these (merged) settings,
+/// and its record for the keeper.
+pub(crate) async fn accel_for(
+    pid: u32,
+    id: &str,
+    settings: ContainerSettings,
+    guarded: bool,
+    shared: &Shared,
+) -> Result<(Mode, AccelRecord), String> {
+    let netns = NetnsId::of_pid(pid).map_err(|e| format!("netns of pid {pid}: {e}"))?;
     if Some(netns) == shared.host_netns {
         return Err("the container shares the daemon's network namespace; nothing to bypass".into());
     }
     let mut base = shared.config.ignore.clone();
     base.extend(settings.ignore.iter().copied());
     let view = Arc::new(RwLock::new(NetView::new(base.clone())));
-    let route = route_socket_in_netns_of(&shared.config.helper_exe, state.pid)
+    let route = route_socket_in_netns_of(&shared.config.helper_exe, pid)
         .await
         .map_err(|e| e.to_string())?;
     // The helper made this socket inside the container's namespace.
-    let cookie =
-        NetnsCookie::of_socket(&route).map_err(|e| format!("netns cookie of pid {}: {e}", state.pid))?;
-    let watch = SubnetWatch::start(route, state.pid, base, view.clone())
+    let cookie = NetnsCookie::of_socket(&route).map_err(|e| format!("netns cookie of pid {pid}: {e}"))?;
+    let watch = SubnetWatch::start(route, pid, base, view.clone())
         .await
         .map_err(|e| e.to_string())?;
     let published = settings.bind_bypass().to_vec();
     if !published.is_empty() {
-        tracing::info!(container = %state.state.id, ports = ?published.iter().map(|m| m.to_string()).collect::<Vec<_>>(), "binds of published ports get host listeners");
+        tracing::info!(container = %id, ports = ?published.iter().map(|m| m.to_string()).collect::<Vec<_>>(), "binds of published ports get host listeners");
     }
-    Ok(Mode::Accelerate {
+    let mode = Mode::Accelerate {
         accel: Box::new(Accel {
             owner: 0,
-            // The connect handler decides AF_UNSPEC and connects on host
-            // listeners only with published ports (see `calls::connect`).
-            guarded: own_guards && !published.is_empty(),
+            guarded,
             container_netns: cookie,
             host_netns: Some(shared.host_cookie),
             view,
@@ -375,5 +492,12 @@ async fn accelerate(
             callers: Callers::default(),
         }),
         _watch: watch,
-    })
+    };
+    let record = AccelRecord {
+        settings,
+        guarded,
+        netns: cookie.raw(),
+        listeners: Vec::new(),
+    };
+    Ok((mode, record))
 }

@@ -13,7 +13,10 @@
 //!   (registrations), [`api`] (the bypass4netnsd-compatible HTTP API), with
 //!   host facts from [`route`], [`ifaddrs`], [`sockopts`] and [`publish`];
 //! - [`oci`]: the runtime's state message, the seccomp profile and the
-//!   runtime wrapper.
+//!   runtime wrapper;
+//! - [`keeper`]: the process that holds every notify fd while no daemon
+//!   runs, its protocol, and the daemon's side of it; with [`restore`],
+//!   what the daemon keeps there and how a new daemon re-attaches.
 #![deny(unsafe_code)]
 
 pub mod api;
@@ -21,9 +24,11 @@ pub mod calls;
 pub mod container;
 pub mod daemon;
 pub mod ifaddrs;
+pub mod keeper;
 pub mod oci;
 pub mod policy;
 pub mod publish;
+pub mod restore;
 pub mod route;
 pub mod sockopts;
 pub mod sys;

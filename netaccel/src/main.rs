@@ -53,6 +53,31 @@ enum Command {
         /// arrive together are served together [default: one per CPU, 2 to 4].
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
         threads: Option<u16>,
+        /// How long a container's calls wait for a daemon once this one is
+        /// gone (crash, restart, upgrade) before the keeper answers them on
+        /// the normal path.
+        #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_wait)]
+        keeper_wait: std::time::Duration,
+        /// Run without the keeper: running containers then lose their
+        /// notified syscalls (ENOSYS) when the daemon stops.
+        #[arg(long, conflicts_with = "keeper_wait")]
+        no_keeper: bool,
+    },
+    /// Hold a copy of every notify fd the daemon serves, so running
+    /// containers survive the daemon's crash, restart or upgrade. The
+    /// daemon starts it by itself next to its socket; it exits once no
+    /// daemon is attached and no container is left.
+    Keeper {
+        /// Its socket [default: keeper.sock next to the daemon's socket].
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// How long calls wait for a daemon before the keeper answers them,
+        /// until a daemon attaches and says otherwise.
+        #[arg(long, value_name = "MS", default_value_t = 10_000)]
+        wait_ms: u64,
+        /// Log filter [env: RUST_LOG].
+        #[arg(long, default_value = "info")]
+        log_level: String,
     },
     /// Show the containers a running daemon serves and what their connects did.
     Status {
@@ -109,6 +134,32 @@ enum Command {
     /// Internal: open a route socket inside another process's network namespace.
     #[command(name = "netns-route-socket", hide = true)]
     NetnsRouteSocket { pid: u32 },
+}
+
+/// `--keeper-wait`: seconds, a decimal from 0 to 3600.
+fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.0..=3600.0).contains(&secs) {
+        return Err(format!("{secs} s is outside 0-3600 s"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// The daemon's and the keeper's log: stderr, with thread names.
+fn init_logging(log_level: &str) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(log_level))
+        .with_context(|| format!("invalid --log-level {log_level:?}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // `netaccel-N.I`: thread I of the Nth served container.
+        .with_thread_names(true)
+        .with_writer(std::io::stderr)
+        .init();
+    Ok(())
 }
 
 fn socket_or_default(socket: Option<PathBuf>) -> Result<PathBuf> {
@@ -211,6 +262,23 @@ fn main() -> Result<()> {
             print!("{}", systemd_unit(&exe));
             Ok(())
         }
+        Command::Keeper {
+            socket,
+            wait_ms,
+            log_level,
+        } => {
+            init_logging(&log_level)?;
+            raise_open_file_limit();
+            let socket = match socket {
+                Some(s) => s,
+                None => netaccel::keeper::socket_beside(&socket_or_default(None)?),
+            };
+            let config = netaccel::keeper::KeeperConfig {
+                socket,
+                wait: std::time::Duration::from_millis(wait_ms),
+            };
+            netaccel::keeper::run(config).context("running the keeper")
+        }
         Command::Daemon {
             socket,
             ignore,
@@ -219,17 +287,10 @@ fn main() -> Result<()> {
             no_api,
             pid_file,
             threads,
+            keeper_wait,
+            no_keeper,
         } => {
-            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-                .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log_level))
-                .with_context(|| format!("invalid --log-level {log_level:?}"))?;
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                // `netaccel-N.I`: thread I of the Nth served container.
-                .with_thread_names(true)
-                .with_writer(std::io::stderr)
-                .init();
+            init_logging(&log_level)?;
             raise_open_file_limit();
             let config = DaemonConfig {
                 socket: socket_or_default(socket)?,
@@ -237,6 +298,7 @@ fn main() -> Result<()> {
                 helper_exe: std::env::current_exe().context("locating the netaccel executable")?,
                 threads_per_container: threads
                     .map_or_else(netaccel::container::default_receivers, usize::from),
+                keeper_wait: (!no_keeper).then_some(keeper_wait),
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let api_socket = if no_api {
@@ -245,12 +307,14 @@ fn main() -> Result<()> {
                 api_socket.or_else(netaccel::api::default_api_socket)
             };
             runtime.block_on(async {
-                let daemon = Daemon::bind(config).await?;
+                let mut daemon = Daemon::bind(config).await?;
+                let restored = daemon.take_restored_bypasses();
                 let api = match &api_socket {
                     Some(path) => {
                         // Clients may only ask for sockets next to the API's own.
                         let runtime_dir = path.parent().map(PathBuf::from).unwrap_or_default();
                         let api = netaccel::api::BypassApi::new(&daemon, runtime_dir);
+                        api.restore(restored).await;
                         let listener = netaccel::daemon::bind_private_socket(path)
                             .await
                             .context("serving the bypass4netnsd API (or pass --no-api)")?;
@@ -258,7 +322,12 @@ fn main() -> Result<()> {
                         let server = tokio::spawn(api.clone().serve(listener));
                         Some((api, server))
                     }
-                    None => None,
+                    None => {
+                        if !restored.is_empty() {
+                            tracing::warn!(bypasses = restored.len(), "the keeper holds bypass4netnsd registrations, but the API is off (--no-api): they are not served");
+                        }
+                        None
+                    }
                 };
                 if let Some(p) = &pid_file {
                     std::fs::write(p, format!("{}\n", std::process::id()))
@@ -292,10 +361,11 @@ fn render_status(s: &netaccel::api::DaemonStatus) -> String {
     }
     if !s.containers.is_empty() {
         out += &format!(
-            "{:<20} {:>8} {:>11} {:>9} {:>9} {:>6} {:>6} {:>7} {:>9}\n",
+            "{:<20} {:>8} {:>11} {:>9} {:>9} {:>9} {:>6} {:>6} {:>7} {:>9}\n",
             "CONTAINER",
             "PID",
             "ACCELERATED",
+            "RESTORED",
             "BYPASSED",
             "PUBLISHED",
             "KEPT",
@@ -307,10 +377,11 @@ fn render_status(s: &netaccel::api::DaemonStatus) -> String {
     for c in &s.containers {
         let id: String = c.id.chars().take(20).collect();
         out += &format!(
-            "{:<20} {:>8} {:>11} {:>9} {:>9} {:>6} {:>6} {:>7} {:>9}\n",
+            "{:<20} {:>8} {:>11} {:>9} {:>9} {:>9} {:>6} {:>6} {:>7} {:>9}\n",
             id,
             c.pid,
             if c.accelerated { "yes" } else { "no" },
+            if c.restored { "yes" } else { "no" },
             c.bypassed,
             c.published,
             c.kept,
@@ -328,7 +399,7 @@ fn render_status(s: &netaccel::api::DaemonStatus) -> String {
 /// A systemd user unit for the daemon at `exe`.
 fn systemd_unit(exe: &std::path::Path) -> String {
     format!(
-        "[Unit]\nDescription=netaccel: host-namespace sockets for rootless containers\n\n[Service]\nExecStart={} daemon --pid-file %t/netaccel/netaccel.pid\nRestart=on-failure\n\n[Install]\nWantedBy=default.target\n",
+        "[Unit]\nDescription=netaccel: host-namespace sockets for rootless containers\n\n[Service]\nExecStart={} daemon --pid-file %t/netaccel/netaccel.pid\nRestart=always\nRestartSec=1\n# The daemon starts `netaccel keeper`, which holds every container's notify\n# fd while the daemon restarts: only the daemon is stopped or killed.\nKillMode=process\n\n[Install]\nWantedBy=default.target\n",
         exe.display()
     )
 }

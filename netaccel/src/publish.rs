@@ -254,6 +254,14 @@ impl Listeners {
         found.alive().then_some(found)
     }
 
+    /// The listeners recorded for `owner`.
+    pub fn of_owner(&self, owner: u64) -> Vec<Listener> {
+        self.by_port
+            .lock()
+            .map(|m| m.values().filter(|l| l.owner == owner).copied().collect())
+            .unwrap_or_default()
+    }
+
     /// Forgets the listeners of a container that is gone.
     pub fn forget_owner(&self, owner: u64) {
         if let Ok(mut m) = self.by_port.lock() {

@@ -169,4 +169,8 @@ fn unit_runs_this_binary_as_a_daemon() {
         "{unit}"
     );
     assert!(unit.contains("[Install]\nWantedBy=default.target"), "{unit}");
+    // Restarted whatever ended it, and only the daemon is stopped: the
+    // keeper it started holds the containers' notify fds meanwhile.
+    assert!(unit.contains("\nRestart=always\n"), "{unit}");
+    assert!(unit.contains("\nKillMode=process\n"), "{unit}");
 }

@@ -52,16 +52,40 @@ impl DaemonProcess {
             log,
             netaccel,
         };
-        wait_for("the daemon socket", Duration::from_secs(10), || {
+        // Its socket may be a stale one of a daemon that was killed: the
+        // log says when this one listens.
+        wait_for("the daemon to listen", Duration::from_secs(10), || {
             if let Ok(Some(status)) = daemon.child.try_wait() {
                 return Some(Err(anyhow::anyhow!(
                     "daemon exited ({status}): {}",
                     daemon.log_text()
                 )));
             }
-            socket.exists().then_some(Ok(()))
+            daemon
+                .log_text()
+                .contains("netaccel daemon listening")
+                .then_some(Ok(()))
         })??;
         Ok(daemon)
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would, and reaps it.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Stops the daemon with SIGTERM, as `systemctl stop` would, and waits
+    /// until it has exited.
+    pub fn terminate(&mut self) -> Result<()> {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(self.child.id() as i32).context("bad pid")?,
+            rustix::process::Signal::TERM,
+        )?;
+        wait_for("the daemon to exit on SIGTERM", Duration::from_secs(10), || {
+            matches!(self.child.try_wait(), Ok(Some(_))).then_some(())
+        })
     }
 
     /// The profile for a container, rendered by `netaccel profile`.

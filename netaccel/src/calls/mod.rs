@@ -20,6 +20,7 @@ use std::sync::{Arc, RwLock};
 
 pub use reply::{AfterInstall, Answered, Pending, Reply};
 
+use crate::policy::fallback::Fallback;
 use crate::policy::netview::NetView;
 use crate::policy::sockaddr::SockaddrCall;
 use crate::policy::verdict::Keep;
@@ -54,6 +55,19 @@ pub struct Syscall {
     pub filter: &'static [ArgFilter],
     /// How the handler's arguments are read from the raw ones.
     pub args: Args,
+    /// Whether the call may continue unchecked when no daemon decides it
+    /// (see `policy::fallback`).
+    pub undecided: Undecided,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undecided {
+    /// Running it unchanged cannot let a host socket of ours reach the host.
+    Continues,
+    /// In a container holding host listeners, running it unchecked could
+    /// turn one into a socket that reaches host loopback: it fails with
+    /// ENOSYS instead, as when no daemon existed.
+    FailsWithListeners,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +144,8 @@ pub const SYSCALLS: &[Syscall] = &[
         action: Action::Notify(Handler::Connect),
         filter: &[],
         args: Args::Sockaddr,
+        // connect(AF_UNSPEC) on a listener disconnects it.
+        undecided: Undecided::FailsWithListeners,
     },
     Syscall {
         name: "bind",
@@ -138,6 +154,8 @@ pub const SYSCALLS: &[Syscall] = &[
         action: Action::Notify(Handler::Bind),
         filter: &[],
         args: Args::Sockaddr,
+        // The kernel refuses to bind a bound socket, so a listener stays one.
+        undecided: Undecided::Continues,
     },
     // shutdown(SHUT_RD or SHUT_RDWR) turns a listener back into a closed
     // socket that could connect from the host; SHUT_WR cannot.
@@ -152,6 +170,7 @@ pub const SYSCALLS: &[Syscall] = &[
             op: "SCMP_CMP_NE",
         }],
         args: Args::FdHow,
+        undecided: Undecided::FailsWithListeners,
     },
     // io_uring runs socket operations without any syscall we could see.
     Syscall {
@@ -161,6 +180,7 @@ pub const SYSCALLS: &[Syscall] = &[
         action: Action::Fail(libc::ENOSYS),
         filter: &[],
         args: Args::None,
+        undecided: Undecided::Continues,
     },
 ];
 
@@ -169,6 +189,20 @@ pub fn for_container(bind_bypass: bool) -> impl Iterator<Item = &'static Syscall
     SYSCALLS
         .iter()
         .filter(move |s| s.wanted == Wanted::Always || bind_bypass)
+}
+
+/// How a container's calls end when no daemon decides them: everything
+/// continues unless it holds host listeners (see [`Undecided`]).
+pub fn undecided_answers(has_listeners: bool) -> Fallback {
+    if !has_listeners {
+        return Fallback::continue_all();
+    }
+    let fail = SYSCALLS
+        .iter()
+        .filter(|s| matches!(s.action, Action::Notify(_)) && s.undecided == Undecided::FailsWithListeners)
+        .map(|s| (s.nr as i32, libc::ENOSYS))
+        .collect();
+    Fallback::failing(fail)
 }
 
 /// The handler of a notification, with its decoded arguments; `None` when
@@ -353,5 +387,24 @@ mod tests {
             notified_names(true).collect::<Vec<_>>(),
             ["connect", "bind", "shutdown"]
         );
+    }
+
+    #[test]
+    fn undecided_calls_continue_unless_they_could_undo_a_listener_guard() {
+        use crate::policy::fallback::Answer;
+        let open = undecided_answers(false);
+        for s in SYSCALLS {
+            assert_eq!(open.answer(s.nr as i32), Answer::Continue, "{}", s.name);
+        }
+        assert_eq!(open.answer_unknown(), Answer::Continue);
+        let guarded = undecided_answers(true);
+        let fails = |nr: i64| guarded.answer(nr as i32) == Answer::Fail(libc::ENOSYS);
+        assert!(
+            fails(libc::SYS_connect),
+            "connect(AF_UNSPEC) disconnects a listener"
+        );
+        assert!(fails(libc::SYS_shutdown), "shutdown(SHUT_RD) reopens a listener");
+        assert!(!fails(libc::SYS_bind), "a bound listener cannot be bound again");
+        assert_eq!(guarded.answer_unknown(), Answer::Fail(libc::ENOSYS));
     }
 }

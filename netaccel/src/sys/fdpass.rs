@@ -102,6 +102,41 @@ pub fn send_with_fds(
     Ok(())
 }
 
+/// Receives one datagram or packet (a SOCK_SEQPACKET message) and its
+/// fds from a blocking socket into `buf`; `Ok(None)` at end of stream. A
+/// message longer than `buf` or with more than `MAX_FDS` fds is an error
+/// (its fds are closed), never half-read.
+pub fn recv_packet(
+    sock: impl std::os::fd::AsFd,
+    buf: &mut [u8],
+) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut ancillary = RecvAncillaryBuffer::new(&mut space);
+    let mut iov = [IoSliceMut::new(buf)];
+    let got = loop {
+        match rustix::net::recvmsg(&sock, &mut iov, &mut ancillary, RecvFlags::CMSG_CLOEXEC) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => break other?,
+        }
+    };
+    let mut fds = Vec::new();
+    for m in ancillary.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            fds.extend(rights);
+        }
+    }
+    if got.flags.intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "message or fds truncated",
+        ));
+    }
+    if got.bytes == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((got.bytes, fds)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

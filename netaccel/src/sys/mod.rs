@@ -4,8 +4,10 @@
 #![allow(unsafe_code)]
 
 pub mod fdpass;
+pub mod idlog;
 pub mod netns;
 pub mod notify;
 pub mod nshelper;
+pub mod session;
 pub mod sock;
 pub mod tracee;

@@ -86,6 +86,11 @@ impl NetnsCookie {
     pub fn from_raw(cookie: u64) -> Self {
         Self(cookie)
     }
+
+    /// Its value, to record it.
+    pub fn raw(self) -> u64 {
+        self.0
+    }
 }
 
 #[cfg(test)]

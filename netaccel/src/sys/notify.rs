@@ -163,6 +163,19 @@ impl NotifyFd {
         self.ioctl_id_valid(id).is_ok()
     }
 
+    /// The notifications within `window` ids of `last` that a receiver
+    /// took and nobody answered yet (ids are sequential per filter, so the
+    /// calls a dead daemon left unanswered lie around the last id it
+    /// received; see `sys::idlog`). Not-yet-received ones are not listed:
+    /// they are received as usual.
+    pub fn waiting_ids_near(&self, last: u64, window: u64) -> Vec<u64> {
+        let first = last.wrapping_sub(window);
+        (0..=2 * window)
+            .map(|i| first.wrapping_add(i))
+            .filter(|&id| self.id_valid(id))
+            .collect()
+    }
+
     fn ioctl_id_valid(&self, id: u64) -> io::Result<()> {
         // SAFETY: ID_VALID reads a u64 through the pointer, which points at a
         // live local.

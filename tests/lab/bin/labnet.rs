@@ -43,6 +43,19 @@ enum Cmd {
         #[arg(long, default_value_t = 10_000)]
         timeout_ms: u64,
     },
+    /// Connects COUNT times, INTERVAL apart (blocking and non-blocking
+    /// connects in turn), each time sending BYTES and checking the echo;
+    /// prints one line per attempt (its local address, how long it took,
+    /// the error if any) and a summary.
+    ConnectLoop {
+        dst: SocketAddr,
+        #[arg(long, default_value_t = 100)]
+        count: u32,
+        #[arg(long, default_value_t = 150)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 4096)]
+        bytes: usize,
+    },
     /// Sets socket options and fd flags, connects, and prints what the
     /// connected socket reports afterwards.
     Sockopts { dst: SocketAddr },
@@ -139,6 +152,12 @@ fn main() {
             blocking,
             timeout_ms,
         } => connect(dst, bytes, blocking, Duration::from_millis(timeout_ms)),
+        Cmd::ConnectLoop {
+            dst,
+            count,
+            interval_ms,
+            bytes,
+        } => connect_loop(dst, count, Duration::from_millis(interval_ms), bytes),
         Cmd::Sockopts { dst } => sockopts(dst),
         Cmd::AcceptClose { listen } => accept_close(listen),
         Cmd::UdpEcho { listen } => udp_echo(listen),
@@ -268,6 +287,60 @@ fn connect(dst: SocketAddr, bytes: usize, blocking: bool, timeout: Duration) -> 
     println!(
         "{}",
         json!({"local": local.to_string(), "peer": peer.to_string(), "sent": data.len(), "echo_intact": back == data})
+    );
+    Ok(())
+}
+
+/// One connection of `connect-loop`: its local address, once the echo of
+/// `data` came back intact.
+fn echo_once(dst: SocketAddr, data: &[u8], blocking: bool) -> std::io::Result<SocketAddr> {
+    let mut conn = if blocking {
+        TcpStream::connect(dst)?
+    } else {
+        TcpStream::connect_timeout(&dst, Duration::from_secs(10))?
+    };
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let local = conn.local_addr()?;
+    conn.write_all(data)?;
+    conn.shutdown(Shutdown::Write)?;
+    let mut back = Vec::with_capacity(data.len());
+    conn.read_to_end(&mut back)?;
+    if back != data {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "echo differs",
+        ));
+    }
+    Ok(local)
+}
+
+fn connect_loop(dst: SocketAddr, count: u32, interval: Duration, bytes: usize) -> Result<()> {
+    let data = pattern(bytes);
+    let mut failed = 0;
+    let mut slowest = Duration::ZERO;
+    for i in 0..count {
+        let started = Instant::now();
+        let result = echo_once(dst, &data, i % 2 == 0);
+        let took = started.elapsed();
+        slowest = slowest.max(took);
+        match result {
+            Ok(local) => println!(
+                "{}",
+                json!({"attempt": i, "ok": true, "local": local.to_string(), "ms": took.as_secs_f64() * 1e3})
+            ),
+            Err(e) => {
+                failed += 1;
+                println!(
+                    "{}",
+                    json!({"attempt": i, "ok": false, "error": e.to_string(), "errno": e.raw_os_error(), "ms": took.as_secs_f64() * 1e3})
+                );
+            }
+        }
+        std::thread::sleep(interval.saturating_sub(took));
+    }
+    println!(
+        "{}",
+        json!({"attempts": count, "failed": failed, "slowest_ms": slowest.as_secs_f64() * 1e3})
     );
     Ok(())
 }
