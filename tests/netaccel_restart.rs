@@ -100,6 +100,33 @@ impl Loop {
     }
 }
 
+/// Waits (at most the 2 s) until `d` has bypassed a connect to
+/// `addr`; returns how long that took.
+fn bypassing_again(d: &DaemonProcess, addr: &str) -> Duration {
+    let since = Instant::now();
+    wait_for("a bypass by the new daemon", Duration::from_secs(2), || {
+        (d.bypassed_to(addr) > 0).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", d.log_text()));
+    since.elapsed()
+}
+
+/// No connect of the loop failed, and its last ten went through `ip`.
+fn assert_no_failure_and_last_through(run: &Loop, ip: &str) {
+    assert!(
+        run.failed().is_empty(),
+        "failed connects: {:?}\n{}",
+        run.failed(),
+        run.text
+    );
+    assert_eq!(run.summary["failed"], 0, "{}", run.text);
+    let ips = run.local_ips();
+    assert!(
+        ips.len() >= 10 && ips[ips.len() - 10..].iter().all(|i| i == ip),
+        "the last connects did not go through {ip}: {ips:?}"
+    );
+}
+
 #[test]
 fn a_daemon_killed_mid_traffic_and_started_again_loses_no_connect() {
     let Some(s) = setup("a_daemon_killed_mid_traffic_and_started_again_loses_no_connect") else {
@@ -134,19 +161,9 @@ fn a_daemon_killed_mid_traffic_and_started_again_loses_no_connect() {
     );
 
     let run = Loop::of(c);
-    assert!(
-        run.failed().is_empty(),
-        "failed connects: {:?}\n{}",
-        run.failed(),
-        run.text
-    );
-    assert_eq!(run.summary["failed"], 0, "{}", run.text);
     let host = s.peer.host_addr.to_string();
+    assert_no_failure_and_last_through(&run, &host);
     let ips = run.local_ips();
-    assert!(
-        ips[ips.len() - 10..].iter().all(|ip| *ip == host),
-        "the last connects are not bypassed: {ips:?}"
-    );
     // Nothing of the first daemon's decisions was lost or redone: every
     // attempt went through one daemon or the other.
     assert_eq!(
@@ -170,10 +187,7 @@ fn an_upgrade_to_another_binary_keeps_containers_on_the_fast_path() {
     std::fs::copy(netaccel(), &next).expect("copy");
     d1.terminate().expect("SIGTERM");
     let d2 = daemon_from(&s.lab, &next, &[]);
-    wait_for("a bypass by the new binary", Duration::from_secs(2), || {
-        (d2.bypassed_to(&addr) > 0).then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}: {}", d2.log_text()));
+    bypassing_again(&d2, &addr);
     let status = rootless_lab::run(
         s.lab
             .user_command(s.lab.bin_dir().join("netaccel-next"))
@@ -184,16 +198,7 @@ fn an_upgrade_to_another_binary_keeps_containers_on_the_fast_path() {
     assert_eq!(status["containers"][0]["restored"], true, "{status}");
     assert_eq!(status["containers"][0]["accelerated"], true, "{status}");
 
-    let run = Loop::of(c);
-    assert!(
-        run.failed().is_empty(),
-        "failed connects: {:?}\n{}",
-        run.failed(),
-        run.text
-    );
-    let host = s.peer.host_addr.to_string();
-    let ips = run.local_ips();
-    assert!(ips[ips.len() - 10..].iter().all(|ip| *ip == host), "{ips:?}");
+    assert_no_failure_and_last_through(&Loop::of(c), &s.peer.host_addr.to_string());
 }
 
 #[test]
@@ -212,12 +217,7 @@ fn without_a_daemon_calls_wait_then_take_the_normal_path() {
     d.kill().expect("SIGKILL");
 
     let run = Loop::of(c);
-    assert!(
-        run.failed().is_empty(),
-        "failed connects: {:?}\n{}",
-        run.failed(),
-        run.text
-    );
+    assert_no_failure_and_last_through(&run, CONTAINER_ADDR);
     let slowest = run.summary["slowest_ms"].as_f64().unwrap_or(f64::MAX);
     assert!(
         slowest < (wait + Duration::from_secs(2)).as_secs_f64() * 1e3,
@@ -227,11 +227,6 @@ fn without_a_daemon_calls_wait_then_take_the_normal_path() {
         slowest >= wait.as_secs_f64() * 1e3 * 0.5,
         "no connect waited for the daemon at all ({slowest} ms): {}",
         run.text
-    );
-    let ips = run.local_ips();
-    assert!(
-        ips[ips.len() - 5..].iter().all(|ip| ip == CONTAINER_ADDR),
-        "the last connects did not take slirp4netns: {ips:?}"
     );
 
     let run = Loop::of(guarded);
@@ -272,13 +267,7 @@ fn bypass4netnsd_registrations_survive_a_restart() {
     );
     assert_eq!(list[0]["pid"], d2.pid(), "{body}");
 
-    let run = Loop::of(c);
-    assert!(
-        run.failed().is_empty(),
-        "failed connects: {:?}\n{}",
-        run.failed(),
-        run.text
-    );
+    assert_no_failure_and_last_through(&Loop::of(c), &s.peer.host_addr.to_string());
     assert!(d2.bypassed_to(&addr) > 0, "{}", d2.log_text());
     assert_eq!(http(&api, "DELETE", "/v1/bypass/0123456789abcdef", "").0, 200);
     assert!(!socket.exists());
@@ -341,27 +330,6 @@ fn rootless_docker_containers_survive_a_daemon_restart() {
     let _ = docker.docker(&["rm", "-f", &id]);
 }
 
-/// One HTTP/1.1 request over a unix socket; returns status and body.
 fn http(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect API socket");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: bypass4netnsd\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).expect("send");
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("read");
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    rootless_lab::unix_http(socket, method, path, body).expect("API request")
 }
