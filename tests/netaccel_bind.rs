@@ -40,11 +40,6 @@ fn json_lines(out: &str) -> Vec<Value> {
         .collect()
 }
 
-fn last_json(out: &RunOutput) -> Value {
-    let line = out.stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {out:?}"))
-}
-
 /// A container serving echo on `listen` (`count` connections) with `publish`.
 fn echo_server<'a>(
     lab: &'a Lab,
@@ -194,7 +189,7 @@ fn the_container_reaches_its_own_published_port_through_the_host_listener() {
         Duration::from_secs(30),
     )
     .expect("container runs");
-    let r = last_json(&out);
+    let r = out.last_json();
     assert_eq!(
         r["listening"],
         "0.0.0.0:17804",
@@ -233,7 +228,7 @@ fn another_container_reaches_a_published_port_through_a_host_address() {
         Duration::from_secs(30),
     )
     .expect("client container runs");
-    let r = last_json(&out);
+    let r = out.last_json();
     assert_eq!(r["echo_intact"], true, "{r}");
     assert!(
         !r["local"]
@@ -274,7 +269,7 @@ fn a_container_without_the_listener_guards_reaches_a_host_listener_only_on_its_o
         Duration::from_secs(30),
     )
     .expect("client container runs");
-    let r = last_json(&out);
+    let r = out.last_json();
     assert_eq!(r["a_good"], 0, "the listener is reached: {r}");
     assert!(
         r["a_local"]
@@ -310,7 +305,7 @@ fn a_host_listener_cannot_be_turned_towards_host_loopback() {
         Duration::from_secs(30),
     )
     .expect("container runs");
-    let r = last_json(&out);
+    let r = out.last_json();
     assert_eq!(r["local"], "0.0.0.0:17806", "the listener is the host's: {r}");
     assert_eq!(r["shutdown_rd"], EOPNOTSUPP, "{r}");
     assert_eq!(r["disconnect"], EOPNOTSUPP, "{r}");

@@ -35,6 +35,14 @@ fn daemon_from(lab: &Lab, netaccel: &Path, args: &[&str]) -> DaemonProcess {
     DaemonProcess::start(lab, netaccel, args).expect("daemon starts")
 }
 
+/// Kills `d` with SIGKILL, as a crash would, and starts the same command
+/// again `GAP` later.
+fn crash_and_restart(lab: &Lab, d: &mut DaemonProcess) -> DaemonProcess {
+    d.kill().expect("SIGKILL");
+    std::thread::sleep(GAP);
+    daemon_from(lab, &netaccel(), &[])
+}
+
 fn netaccel() -> std::path::PathBuf {
     workspace_bin("netaccel").expect("netaccel binary")
 }
@@ -141,9 +149,7 @@ fn a_daemon_killed_mid_traffic_and_started_again_loses_no_connect() {
         d1.log_text()
     );
 
-    d1.kill().expect("SIGKILL");
-    std::thread::sleep(GAP);
-    let d2 = daemon_from(&s.lab, &netaccel(), &[]);
+    let d2 = crash_and_restart(&s.lab, &mut d1);
     let restarted = Instant::now();
     wait_for("a bypass by the new daemon", Duration::from_secs(2), || {
         (d2.bypassed_to(&addr) > 0).then_some(())
@@ -236,6 +242,51 @@ fn without_a_daemon_calls_wait_then_take_the_normal_path() {
 }
 
 #[test]
+fn host_listeners_bound_before_a_restart_are_reached_after_it() {
+    let Some(s) = setup("host_listeners_bound_before_a_restart_are_reached_after_it") else {
+        return;
+    };
+    let mut d1 = daemon_from(&s.lab, &netaccel(), &[]);
+    let with_ports = |d: &DaemonProcess, publish: &str| ContainerConfig {
+        seccomp: Some(d.profile_with(&s.lab, &["--publish", publish]).expect("profile")),
+        ..Default::default()
+    };
+    let server = Container::start(
+        &s.lab,
+        with_ports(&d1, "17811:80"),
+        &["/lab/labnet", "serve", "0.0.0.0:80", "--count", "1"],
+    )
+    .expect("server container");
+    server
+        .wait_for_line("listening", Duration::from_secs(15))
+        .expect("server listening");
+    let d2 = crash_and_restart(&s.lab, &mut d1);
+
+    // Another container reaches that host listener through a host address:
+    // the new daemon knows it only from the record the keeper held.
+    let dst = format!("{}:17811", s.peer.host_addr);
+    let out = Container::run(
+        &s.lab,
+        with_ports(&d2, "17812:81"),
+        &["/lab/labnet", "connect", &dst, "--bytes", "100000"],
+        Duration::from_secs(30),
+    )
+    .expect("client container");
+    let r = out.last_json();
+    assert_eq!(r["echo_intact"], true, "{r}");
+    assert!(
+        !r["local"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(CONTAINER_ADDR),
+        "slirp4netns, not the host listener: {r}"
+    );
+    assert_eq!(d2.bypassed_to(&dst), 1, "{}", d2.log_text());
+    let served = server.wait(Duration::from_secs(20)).expect("server exits");
+    assert!(served.ok(), "{served:?}");
+}
+
+#[test]
 fn bypass4netnsd_registrations_survive_a_restart() {
     let Some(s) = setup("bypass4netnsd_registrations_survive_a_restart") else {
         return;
@@ -255,9 +306,7 @@ fn bypass4netnsd_registrations_survive_a_restart() {
     profile["listenerPath"] = json!(socket);
     let c = looping(&s, profile, &addr, 50);
 
-    d1.kill().expect("SIGKILL");
-    std::thread::sleep(GAP);
-    let d2 = daemon_from(&s.lab, &netaccel(), &[]);
+    let d2 = crash_and_restart(&s.lab, &mut d1);
     let (code, body) = http(&api, "GET", "/v1/bypass", "");
     let list: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     assert_eq!(
@@ -310,9 +359,7 @@ fn rootless_docker_containers_survive_a_daemon_restart() {
         (d1.bypassed_to(&httpd) >= 3).then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}: {}", d1.log_text()));
-    d1.kill().expect("SIGKILL");
-    std::thread::sleep(GAP);
-    let d2 = daemon_from(&lab, &netaccel(), &[]);
+    let d2 = crash_and_restart(&lab, &mut d1);
     let waited = docker.docker(&["wait", &id]).expect("docker wait");
     assert_eq!(String::from_utf8_lossy(&waited.stdout).trim(), "0", "{waited:?}");
     let logs = docker.docker(&["logs", &id]).expect("docker logs");

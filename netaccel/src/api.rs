@@ -207,9 +207,7 @@ impl BypassApi {
             publish: mappings_of(&spec.port_mapping)?,
             ignore_bind: spec.ignore_bind,
         };
-        let listener = bind_private_socket(&socket)
-            .await
-            .map_err(|e| ApiError::Bind(e.to_string()))?;
+        let listener = bind_private_socket(&socket).map_err(|e| ApiError::Bind(e.to_string()))?;
         if !spec.pid_file_path.is_empty() {
             std::fs::write(&spec.pid_file_path, format!("{}\n", std::process::id())).map_err(|source| {
                 ApiError::PidFile {

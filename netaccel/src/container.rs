@@ -328,17 +328,22 @@ impl Container {
     fn finish(&self, pending: Pending<'_>, n: &Notification, handled: Handled, started: Instant) {
         let Handled { reply, event } = handled;
         // A host listener is recorded once the container holds it and
-        // before its bind returns (connects to it are routed by the record).
+        // before its bind returns (connects to it are routed by the record);
+        // the keeper's copy of the record is updated after the answer, off
+        // the caller's wait.
+        let recorded = std::cell::Cell::new(None);
         let record = || {
             if let (Event::Published { listener, .. }, Mode::Accelerate { accel, .. }) = (&event, &self.mode)
             {
                 accel.listeners.record(*listener);
-                if let Some(kept) = &self.kept {
-                    kept.listeners_changed(&accel.listeners);
-                }
+                recorded.set(Some(&accel.listeners));
             }
         };
-        let event = match pending.answer_then(reply, record) {
+        let answered = pending.answer_then(reply, record);
+        if let (Some(listeners), Some(kept)) = (recorded.get(), &self.kept) {
+            kept.listeners_changed(listeners);
+        }
+        let event = match answered {
             Ok(answered) if answered.delivery == Delivery::CallerGone => Event::CallerGone,
             Ok(answered) => {
                 self.counters.count(&event, started.elapsed(), answered.install);

@@ -3,7 +3,6 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -19,6 +18,7 @@ use crate::oci::state::{ContainerProcessState, ContainerSettings};
 use crate::policy::fallback::Fallback;
 use crate::policy::ignore::IgnoreList;
 use crate::policy::netview::NetView;
+use crate::private_socket::{bind_private, PrivateSocketError};
 use crate::publish::Listeners;
 use crate::restore::{AccelRecord, ContainerRecord, Kept};
 use crate::route::Routes;
@@ -57,14 +57,8 @@ pub struct DaemonConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("cannot create socket directory {dir}: {source}")]
-    SocketDir { dir: PathBuf, source: io::Error },
-    #[error("another daemon is already listening on {socket}; stop it or choose another socket")]
-    AlreadyRunning { socket: PathBuf },
-    #[error("cannot remove stale socket {socket}: {source}")]
-    StaleSocket { socket: PathBuf, source: io::Error },
-    #[error("cannot listen on {socket}: {source}")]
-    Bind { socket: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Socket(#[from] PrivateSocketError),
     #[error("{source}")]
     Routes { source: crate::route::RouteError },
     #[error("cannot probe host socket defaults: {source}")]
@@ -93,55 +87,43 @@ pub(crate) struct Shared {
     pub(crate) keeper: Option<Arc<KeeperLink>>,
 }
 
-/// Binds a unix socket only its owner can use (directory 0700, socket 0600),
-/// refusing to steal it from a live server and replacing a stale one.
-pub async fn bind_private_socket(socket: &Path) -> Result<UnixListener, DaemonError> {
-    let socket = socket.to_owned();
-    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| DaemonError::SocketDir {
-                dir: dir.to_owned(),
-                source,
-            })?;
-    }
-    if socket.exists() {
-        if UnixStream::connect(&socket).await.is_ok() {
-            return Err(DaemonError::AlreadyRunning { socket });
-        }
-        std::fs::remove_file(&socket).map_err(|source| DaemonError::StaleSocket {
-            socket: socket.clone(),
-            source,
-        })?;
-    }
-    let listener = UnixListener::bind(&socket).map_err(|source| DaemonError::Bind {
-        socket: socket.clone(),
-        source,
-    })?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
-        DaemonError::Bind {
-            socket: socket.clone(),
-            source,
-        }
-    })?;
-    Ok(listener)
+/// Binds a unix socket only its owner can use (see `private_socket`).
+pub fn bind_private_socket(socket: &Path) -> Result<UnixListener, DaemonError> {
+    // A server whose backlog is full (EAGAIN) is as live as one that accepts.
+    let live = |p: &Path| {
+        use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+        let probe = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            None,
+        );
+        let connected = probe.and_then(|probe| {
+            let addr = SocketAddrUnix::new(p)?;
+            rustix::net::connect(&probe, &addr)
+        });
+        matches!(connected, Ok(()) | Err(rustix::io::Errno::AGAIN))
+    };
+    let bind = |p: &Path| UnixListener::bind(p);
+    Ok(bind_private(socket, "daemon", live, bind)?)
 }
 
 /// A bound daemon socket, ready to serve.
 pub struct Daemon {
     listener: UnixListener,
     shared: Arc<Shared>,
-    /// What the keeper held for a previous daemon, served from `run`.
+    /// The containers the keeper held for a previous daemon, served from
+    /// `run`.
     restored: Vec<Entry>,
+    /// The bypass4netnsd registrations it held (`(key, record)`).
+    restored_bypasses: Vec<(u64, Vec<u8>)>,
 }
 
 impl Daemon {
     /// Creates the socket (directory mode 0700, socket 0600), refusing to
     /// steal it from a live daemon and cleaning up a stale one.
     pub async fn bind(config: DaemonConfig) -> Result<Self, DaemonError> {
-        let listener = bind_private_socket(&config.socket).await?;
+        let listener = bind_private_socket(&config.socket)?;
         let defaults = HostDefaults::probe().map_err(|e| DaemonError::HostDefaults { source: e.into() })?;
         let routes = Routes::open().map_err(|source| DaemonError::Routes { source })?;
         let host_cookie = NetnsCookie::current().map_err(|source| DaemonError::NetnsCookie { source })?;
@@ -161,14 +143,16 @@ impl Daemon {
             Some(wait) => {
                 let socket = crate::keeper::socket_beside(&config.socket);
                 let exe = config.helper_exe.clone();
-                let attached = tokio::task::spawn_blocking(move || KeeperLink::attach(&socket, &exe, wait))
-                    .await
-                    .map_err(|e| DaemonError::Keeper {
-                        source: crate::keeper::client::LinkError::Io {
-                            socket: crate::keeper::socket_beside(&config.socket),
-                            source: io::Error::other(e),
-                        },
-                    })?;
+                let attach = {
+                    let socket = socket.clone();
+                    tokio::task::spawn_blocking(move || KeeperLink::attach(&socket, &exe, wait))
+                };
+                let attached = attach.await.unwrap_or_else(|e| {
+                    Err(crate::keeper::client::LinkError::Io {
+                        socket,
+                        source: io::Error::other(e),
+                    })
+                });
                 let (link, entries) = attached.map_err(|source| DaemonError::Keeper { source })?;
                 if let Some(max) = entries.iter().map(|e| e.key).max() {
                     container::reserve_serials_through(max);
@@ -182,6 +166,9 @@ impl Daemon {
             }
             None => (None, Vec::new()),
         };
+        let (bypasses, restored) = restored
+            .into_iter()
+            .partition::<Vec<_>, _>(|e| e.kind == Kind::Bypass);
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
@@ -196,17 +183,14 @@ impl Daemon {
                 keeper,
             }),
             restored,
+            restored_bypasses: bypasses.into_iter().map(|e| (e.key, e.record)).collect(),
         })
     }
 
     /// The bypass4netnsd registrations the keeper held for a previous
     /// daemon (`(key, record)`), for the API to serve again.
     pub fn take_restored_bypasses(&mut self) -> Vec<(u64, Vec<u8>)> {
-        let (bypasses, containers) = std::mem::take(&mut self.restored)
-            .into_iter()
-            .partition::<Vec<_>, _>(|e| e.kind == Kind::Bypass);
-        self.restored = containers;
-        bypasses.into_iter().map(|e| (e.key, e.record)).collect()
+        std::mem::take(&mut self.restored_bypasses)
     }
 
     pub fn socket(&self) -> &Path {
@@ -221,11 +205,10 @@ impl Daemon {
     /// Accepts registrations until `shutdown` resolves, then removes the socket.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tracing::info!(socket = %self.socket().display(), ignore = ?self.shared.config.ignore.nets(), "netaccel daemon listening");
+        // Only a daemon with a keeper has restored entries.
         if let Some(link) = &self.shared.keeper {
             for entry in std::mem::take(&mut self.restored) {
-                if entry.kind == Kind::Container {
-                    tokio::spawn(crate::restore::reattach(entry, self.shared.clone(), link.clone()));
-                }
+                tokio::spawn(crate::restore::reattach(entry, self.shared.clone(), link.clone()));
             }
         }
         tokio::select! {

@@ -27,6 +27,7 @@ pub mod ifaddrs;
 pub mod keeper;
 pub mod oci;
 pub mod policy;
+pub mod private_socket;
 pub mod publish;
 pub mod restore;
 pub mod route;

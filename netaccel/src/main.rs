@@ -315,9 +315,7 @@ fn main() -> Result<()> {
                         let runtime_dir = path.parent().map(PathBuf::from).unwrap_or_default();
                         let api = netaccel::api::BypassApi::new(&daemon, runtime_dir);
                         api.restore(restored).await;
-                        let listener = netaccel::daemon::bind_private_socket(path)
-                            .await
-                            .context("serving the bypass4netnsd API (or pass --no-api)")?;
+                        let listener = netaccel::daemon::bind_private_socket(path).context("serving the bypass4netnsd API (or pass --no-api)")?;
                         tracing::info!(socket = %path.display(), "bypass4netnsd-compatible API listening");
                         let server = tokio::spawn(api.clone().serve(listener));
                         Some((api, server))

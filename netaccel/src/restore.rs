@@ -23,7 +23,7 @@ use crate::keeper::wire::{Entry, Kind};
 use crate::oci::state::ContainerSettings;
 use crate::policy::fallback::Fallback;
 use crate::publish::{Listener, Listeners};
-use crate::sys::idlog::{IdLog, SEARCH_WINDOW};
+use crate::sys::idlog::IdLog;
 use crate::sys::notify::NotifyFd;
 
 /// A container as the keeper holds it for the next daemon.
@@ -141,7 +141,7 @@ pub(crate) async fn reattach(entry: Entry, shared: Arc<Shared>, link: Arc<Keeper
         return;
     }
     let record = serde_json::from_slice::<ContainerRecord>(&entry.record);
-    let stranded = answer_stranded(&notify, idlog.as_ref(), &entry.fallback);
+    let stranded = crate::keeper::answer_stranded(&notify, idlog.as_ref(), &entry.fallback);
     let record = match record {
         Ok(r) => r,
         Err(e) => {
@@ -192,18 +192,6 @@ pub(crate) async fn reattach(entry: Entry, shared: Arc<Shared>, link: Arc<Keeper
         "container re-attached from the keeper"
     );
     crate::daemon::serve_tracked(&shared, container).await;
-}
-
-/// Answers the calls a previous daemon received and never answered.
-fn answer_stranded(notify: &NotifyFd, idlog: Option<&IdLog>, fallback: &Fallback) -> usize {
-    let Some(last) = idlog.and_then(IdLog::last) else {
-        return 0;
-    };
-    let ids = notify.waiting_ids_near(last, SEARCH_WINDOW);
-    for &id in &ids {
-        let _ = crate::keeper::reply(notify, id, fallback.answer_unknown());
-    }
-    ids.len()
 }
 
 #[cfg(test)]

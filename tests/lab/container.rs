@@ -155,6 +155,13 @@ impl RunOutput {
     pub fn ok(&self) -> bool {
         self.code == Some(0)
     }
+
+    /// The last line of stdout as JSON (labnet's answer); panics with the
+    /// whole output when it is not.
+    pub fn last_json(&self) -> serde_json::Value {
+        let line = self.stdout.lines().last().unwrap_or_default();
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
 }
 
 const CAPS: &[&str] = &[

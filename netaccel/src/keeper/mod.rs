@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::policy::fallback::{Answer, Fallback};
+use crate::private_socket::{bind_private, PrivateSocketError};
 use crate::sys::fdpass;
 use crate::sys::idlog::{IdLog, SEARCH_WINDOW};
 use crate::sys::notify::NotifyFd;
@@ -53,10 +54,8 @@ pub struct KeeperConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeeperError {
-    #[error("a keeper is already listening on {socket}")]
-    AlreadyRunning { socket: PathBuf },
-    #[error("cannot listen on {socket}: {source}")]
-    Socket { socket: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Socket(#[from] PrivateSocketError),
     #[error("poll failed: {0}")]
     Poll(io::Error),
 }
@@ -67,27 +66,49 @@ pub fn socket_beside(daemon_socket: &Path) -> PathBuf {
 }
 
 struct Held {
-    kind: Kind,
     fallback: Fallback,
     record: Vec<u8>,
-    /// `Kind::Container` only.
+    /// Present exactly for `Kind::Container` entries.
     notify: Option<NotifyFd>,
-    idlog: Option<OwnedFd>,
+    idlog: Option<IdLog>,
     /// Calls the keeper answered itself.
     answered: u64,
 }
 
 impl Held {
+    fn kind(&self) -> Kind {
+        if self.notify.is_some() {
+            Kind::Container
+        } else {
+            Kind::Bypass
+        }
+    }
+
     fn copy_fds(&self) -> io::Result<Vec<OwnedFd>> {
         let mut fds = Vec::new();
         if let Some(n) = &self.notify {
             fds.push(n.as_fd().try_clone_to_owned()?);
         }
         if let Some(l) = &self.idlog {
-            fds.push(l.try_clone()?);
+            fds.push(l.as_fd().try_clone_to_owned()?);
         }
         Ok(fds)
     }
+}
+
+/// Answers the calls a dead daemon received and never answered, found
+/// around the last id it noted (`sys::idlog`), as undecided calls are;
+/// returns how many. Used by the keeper when it starts answering and by a
+/// daemon that re-attaches.
+pub(crate) fn answer_stranded(notify: &NotifyFd, idlog: Option<&IdLog>, fallback: &Fallback) -> usize {
+    let Some(last) = idlog.and_then(IdLog::last) else {
+        return 0;
+    };
+    let ids = notify.waiting_ids_near(last, SEARCH_WINDOW);
+    for &id in &ids {
+        let _ = reply(notify, id, fallback.answer_unknown());
+    }
+    ids.len()
 }
 
 struct Keeper {
@@ -121,42 +142,24 @@ pub fn run(config: KeeperConfig) -> Result<(), KeeperError> {
 
 fn listen(socket: &Path) -> Result<OwnedFd, KeeperError> {
     use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
-    let err = |source: io::Error| KeeperError::Socket {
-        socket: socket.to_owned(),
-        source,
-    };
-    let addr = SocketAddrUnix::new(socket).map_err(|e| err(e.into()))?;
-    let new_socket = || {
-        rustix::net::socket_with(
+    let seqpacket = |path: &Path| -> io::Result<(OwnedFd, SocketAddrUnix)> {
+        let sock = rustix::net::socket_with(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
             SocketFlags::CLOEXEC,
             None,
-        )
+        )?;
+        Ok((sock, SocketAddrUnix::new(path)?))
     };
-    if socket.exists() {
-        let probe = new_socket().map_err(|e| err(e.into()))?;
-        if rustix::net::connect(&probe, &addr).is_ok() {
-            return Err(KeeperError::AlreadyRunning {
-                socket: socket.to_owned(),
-            });
-        }
-        std::fs::remove_file(socket).map_err(err)?;
-    }
-    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(err)?;
-    }
-    let sock = new_socket().map_err(|e| err(e.into()))?;
-    rustix::net::bind(&sock, &addr).map_err(|e| err(e.into()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
-    rustix::net::listen(&sock, 16).map_err(|e| err(e.into()))?;
-    Ok(sock)
+    let live =
+        |path: &Path| seqpacket(path).is_ok_and(|(probe, addr)| rustix::net::connect(&probe, &addr).is_ok());
+    let bind = |path: &Path| -> io::Result<OwnedFd> {
+        let (sock, addr) = seqpacket(path)?;
+        rustix::net::bind(&sock, &addr)?;
+        rustix::net::listen(&sock, 16)?;
+        Ok(sock)
+    };
+    Ok(bind_private(socket, "keeper", live, bind)?)
 }
 
 /// What one poll round reported.
@@ -238,12 +241,7 @@ impl Keeper {
             if self.daemon.is_none() && !self.serving && self.detached_at.elapsed() >= self.wait {
                 self.start_answering();
             }
-            let containers = self
-                .entries
-                .values()
-                .filter(|h| h.kind == Kind::Container)
-                .count();
-            if self.daemon.is_none() && self.serving && containers == 0 {
+            if self.daemon.is_none() && self.serving && self.containers() == 0 {
                 return Ok(());
             }
         }
@@ -302,7 +300,7 @@ impl Keeper {
             let fds = held.copy_fds()?;
             let entry = Message::Entry(Entry {
                 key: *key,
-                kind: held.kind,
+                kind: held.kind(),
                 fallback: held.fallback.clone(),
                 record: held.record.clone(),
                 fds: Vec::new(),
@@ -338,11 +336,10 @@ impl Keeper {
         let Some((conn, pid)) = &self.daemon else { return };
         let pid = *pid;
         let mut buf = vec![0u8; wire::MAX_MESSAGE];
-        let got = fdpass::recv_packet(conn, &mut buf);
-        let msg = match got {
+        let msg = match fdpass::recv_packet(conn, &mut buf) {
             Ok(Some((len, fds))) => Message::decode(buf.get(..len).unwrap_or_default(), fds),
-            Ok(None) | Err(_) => {
-                if let Err(e) = got {
+            end => {
+                if let Err(e) = end {
                     tracing::warn!(error = %e, "reading from the daemon failed");
                 }
                 tracing::info!(
@@ -383,7 +380,16 @@ impl Keeper {
         let (notify, idlog) = match entry.kind {
             Kind::Bypass => (None, None),
             Kind::Container => match fds.next().map(NotifyFd::new) {
-                Some(Ok(n)) => (Some(n), fds.next()),
+                Some(Ok(n)) => {
+                    let idlog = fds.next().and_then(|fd| match IdLog::open(fd) {
+                        Ok(log) => Some(log),
+                        Err(e) => {
+                            tracing::warn!(key = entry.key, error = %e, "unusable id page: calls a dead daemon left unanswered will not be found");
+                            None
+                        }
+                    });
+                    (Some(n), idlog)
+                }
                 Some(Err(e)) => {
                     tracing::warn!(key = entry.key, error = %e, "hold without a notify fd ignored");
                     return;
@@ -397,7 +403,6 @@ impl Keeper {
         self.entries.insert(
             entry.key,
             Held {
-                kind: entry.kind,
                 fallback: entry.fallback,
                 record: entry.record,
                 notify,
@@ -412,23 +417,13 @@ impl Keeper {
         self.serving = true;
         let mut stranded = 0;
         for held in self.entries.values_mut() {
-            let (Some(notify), Some(idlog)) = (&held.notify, &held.idlog) else {
-                continue;
-            };
-            let last = idlog.try_clone().and_then(IdLog::open).map(|log| log.last());
-            if let Ok(Some(last)) = last {
-                for id in notify.waiting_ids_near(last, SEARCH_WINDOW) {
-                    let _ = reply(notify, id, held.fallback.answer_unknown());
-                    held.answered += 1;
-                    stranded += 1;
-                }
+            if let Some(notify) = &held.notify {
+                let n = answer_stranded(notify, held.idlog.as_ref(), &held.fallback);
+                held.answered += n as u64;
+                stranded += n;
             }
         }
-        let containers = self
-            .entries
-            .values()
-            .filter(|h| h.kind == Kind::Container)
-            .count();
+        let containers = self.containers();
         if containers > 0 {
             tracing::warn!(
                 containers,
@@ -437,6 +432,11 @@ impl Keeper {
                 "no daemon came back in time: the keeper answers the containers' calls (normal path, or ENOSYS where a listener guard needs the daemon) until one does"
             );
         }
+    }
+
+    /// Entries that hold a notify fd.
+    fn containers(&self) -> usize {
+        self.entries.values().filter(|h| h.notify.is_some()).count()
     }
 
     fn answer_one(&mut self, key: u64) {

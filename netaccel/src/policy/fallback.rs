@@ -23,9 +23,6 @@ pub enum Answer {
 pub struct Fallback {
     /// `(syscall number, errno)` of the calls that must not continue.
     fail: Vec<(i32, i32)>,
-    /// For a call whose number is unknown (received by a daemon that died
-    /// before answering): `Some(errno)` when any call may be unsafe.
-    unknown: Option<i32>,
 }
 
 impl Fallback {
@@ -37,8 +34,7 @@ impl Fallback {
     /// The calls in `fail` end with their errno; a call of unknown number
     /// fails with the first of them (it may be one).
     pub fn failing(fail: Vec<(i32, i32)>) -> Self {
-        let unknown = fail.first().map(|&(_, errno)| errno);
-        Self { fail, unknown }
+        Self { fail }
     }
 
     /// The rules as pairs, for the wire.
@@ -54,9 +50,13 @@ impl Fallback {
         }
     }
 
-    /// The answer to a call whose number nobody knows any more.
+    /// The answer to a call whose number nobody knows any more (received
+    /// by a daemon that died before answering): it may be any of the
+    /// listed ones, so it fails as the first does, if any is listed.
     pub fn answer_unknown(&self) -> Answer {
-        self.unknown.map_or(Answer::Continue, Answer::Fail)
+        self.fail
+            .first()
+            .map_or(Answer::Continue, |&(_, errno)| Answer::Fail(errno))
     }
 }
 
