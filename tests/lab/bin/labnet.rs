@@ -686,6 +686,15 @@ const STALL_US: f64 = 100_000.0;
 struct ConnSamples {
     latencies_us: Vec<f64>,
     errors: u64,
+    /// The errors by errno, so a failed run says what failed.
+    errnos: std::collections::BTreeMap<i32, u64>,
+}
+
+impl ConnSamples {
+    fn failed(&mut self, errno: i32, count: u64) {
+        self.errors += count;
+        *self.errnos.entry(errno).or_default() += count;
+    }
 }
 
 fn connrate(dst: SocketAddr, duration: Duration, threads: usize, inflight: usize) -> Result<()> {
@@ -713,6 +722,9 @@ fn connrate(dst: SocketAddr, duration: Duration, threads: usize, inflight: usize
             .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
         all.latencies_us.extend(s.latencies_us);
         all.errors += s.errors;
+        for (errno, n) in s.errnos {
+            *all.errnos.entry(errno).or_default() += n;
+        }
     }
     let elapsed = start.elapsed().as_secs_f64();
     let conns = all.latencies_us.len();
@@ -721,6 +733,7 @@ fn connrate(dst: SocketAddr, duration: Duration, threads: usize, inflight: usize
     out["conns"] = json!(conns);
     out["per_s"] = json!(conns as f64 / elapsed);
     out["errors"] = json!(all.errors);
+    out["errnos"] = json!(all.errnos);
     out["stalls"] = json!(stalls);
     out["threads"] = json!(threads);
     out["inflight"] = json!(inflight);
@@ -744,7 +757,7 @@ fn blocking_connects(dst: SocketAddr, until: Instant) -> Result<ConnSamples> {
                 s.latencies_us.push(t.elapsed().as_secs_f64() * 1e6);
                 close_with_rst(&conn)?;
             }
-            Err(_) => s.errors += 1,
+            Err(e) => s.failed(e.raw_os_error().unwrap_or(0), 1),
         }
     }
     Ok(s)
@@ -778,7 +791,7 @@ fn polled_connects(dst: SocketAddr, until: Instant, inflight: usize) -> Result<C
                     close_with_rst(&fd)?;
                 }
                 Err(rustix::io::Errno::INPROGRESS) => pending.push((fd, t)),
-                Err(_) => s.errors += 1,
+                Err(e) => s.failed(e.raw_os_error(), 1),
             }
         }
         if pending.is_empty() {
@@ -788,7 +801,7 @@ fn polled_connects(dst: SocketAddr, until: Instant, inflight: usize) -> Result<C
             continue;
         }
         if Instant::now() >= give_up {
-            s.errors += pending.len() as u64;
+            s.failed(libc::ETIMEDOUT, pending.len() as u64);
             return Ok(s);
         }
         let mut fds: Vec<PollFd<'_>> = pending
@@ -814,7 +827,7 @@ fn polled_connects(dst: SocketAddr, until: Instant, inflight: usize) -> Result<C
                     s.latencies_us.push(t.elapsed().as_secs_f64() * 1e6);
                     close_with_rst(&fd)?;
                 }
-                Err(_) => s.errors += 1,
+                Err(e) => s.failed(e.raw_os_error(), 1),
             }
         }
     }
