@@ -243,8 +243,8 @@ fn another_container_reaches_a_published_port_through_a_host_address() {
 }
 
 #[test]
-fn a_container_without_the_listener_guards_reaches_a_host_listener_only_on_its_own_path() {
-    let test = "a_container_without_the_listener_guards_reaches_a_host_listener_only_on_its_own_path";
+fn a_container_without_the_listener_guards_reaches_a_host_listener_on_a_pinned_socket() {
+    let test = "a_container_without_the_listener_guards_reaches_a_host_listener_on_a_pinned_socket";
     let Some((lab, d)) = setup(test) else { return };
     let peer = PeerHost::create().expect("peer host");
     let server = echo_server(&lab, &d, "17808:80", "0.0.0.0:80", "1");
@@ -259,9 +259,10 @@ fn a_container_without_the_listener_guards_reaches_a_host_listener_only_on_its_o
     let (evil, evil_addr) = lab
         .labnet_server(&["serve", "127.0.0.1:0"])
         .expect("host loopback server");
-    // No published port: no io_uring refusal, no native-only rule. A host
-    // socket reaching the listener could not be pinned, and once
-    // disconnected it would connect anywhere from the host.
+    // No published port: no io_uring refusal, no native-only rule. The host
+    // socket reaching the listener is pinned to the interface that carries
+    // the host address, so once disconnected it still cannot reach host
+    // loopback.
     let out = Container::run(
         &lab,
         config(&lab, &d, &[]),
@@ -271,14 +272,12 @@ fn a_container_without_the_listener_guards_reaches_a_host_listener_only_on_its_o
     .expect("client container runs");
     let r = out.last_json();
     assert_eq!(r["a_good"], 0, "the listener is reached: {r}");
-    assert!(
-        r["a_local"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with(CONTAINER_ADDR),
-        "kept on slirp4netns, not a host socket: {r}"
+    assert_eq!(
+        r["a_local"],
+        peer.host_addr.to_string(),
+        "a host socket, not slirp4netns: {r}"
     );
-    assert_eq!(d.bypassed_to(&good), 0, "daemon log:\n{}", d.log_text());
+    assert_eq!(d.bypassed_to(&good), 1, "daemon log:\n{}", d.log_text());
     // The container is on the fast path: its connect to a peer is bypassed.
     assert_eq!(r["b_hole"], EINPROGRESS, "{r}");
     assert_eq!(d.bypassed_to(&hole), 1, "daemon log:\n{}", d.log_text());

@@ -575,13 +575,17 @@ fn an_address_added_in_the_container_joins_its_ignore_list() {
     };
     let d = daemon(&s.lab, &[]);
     let (_server, addr) = peer_echo(&s, 7715);
-    // The container puts the peer's /30 on its own interface; from then on
-    // that subnet is its own and must keep the container's path (where
-    // nothing answers, so the connect times out).
-    let script = format!(
-        "ip addr add {}/30 dev tap0 && sleep 0.3 && /lab/labnet connect --timeout-ms 1000 {addr}",
-        s.peer.host_addr
-    );
+    // The container puts an address of the peer's /24 on its own interface
+    // (the /30's broadcast address, never one of the host's: a subnet whose
+    // address the host has too would be a copy of the host's, as pasta
+    // makes, and stay bypassed); from then on that subnet is its own and
+    // must keep the container's path (where nothing answers, so the connect
+    // times out).
+    let o = s.peer.host_addr.octets();
+    let own = std::net::Ipv4Addr::new(o[0], o[1], o[2], o[3] + 2);
+    let subnet = format!("{}.{}.{}.0/24", o[0], o[1], o[2]);
+    let script =
+        format!("ip addr add {own}/24 dev tap0 && sleep 0.3 && /lab/labnet connect --timeout-ms 1000 {addr}");
     let out = run_accelerated(&s.lab, &d, &[], &["sh", "-c", &script]);
     let r = json_line(&out.stdout);
     assert!(
@@ -590,7 +594,7 @@ fn an_address_added_in_the_container_joins_its_ignore_list() {
     );
     assert_eq!(d.bypassed_to(&addr), 0, "daemon log:\n{}", d.log_text());
     assert!(
-        d.log_text().contains(&s.peer.subnet),
+        d.log_text().contains(&subnet),
         "refresh not logged:\n{}",
         d.log_text()
     );

@@ -454,7 +454,7 @@ pub(crate) async fn accel_for(
         .map_err(|e| e.to_string())?;
     // The helper made this socket inside the container's namespace.
     let cookie = NetnsCookie::of_socket(&route).map_err(|e| format!("netns cookie of pid {pid}: {e}"))?;
-    let watch = SubnetWatch::start(route, pid, base, view.clone())
+    let watch = SubnetWatch::start(route, pid, base, view.clone(), shared.routes.clone())
         .await
         .map_err(|e| e.to_string())?;
     let published = settings.bind_bypass().to_vec();

@@ -11,8 +11,17 @@
 //! validated (SO_BINDTOIFINDEX; allowed unprivileged on an unbound socket,
 //! and changing it afterwards needs CAP_NET_RAW in the host namespace, which
 //! no container has). Loopback lives on `lo`, so a pinned socket can never
-//! reach it; destinations the host routes through `lo` (its own addresses)
-//! are not bypassed at all.
+//! reach it.
+//!
+//! The host's own addresses are delivered through `lo` too, but a socket
+//! pinned to the interface that carries the address still reaches it: the
+//! `local` route of an address names that interface, a lookup restricted to
+//! the pinned interface matches it, and the kernel records that interface as
+//! the packets' input on `lo` (for sockets bound to a device). Loopback's
+//! routes name `lo`, so the same pin keeps 127.0.0.0/8 and ::1 out of reach
+//! (measured: such a socket's connect to 127.0.0.1 or ::1 never completes,
+//! and a disconnected one's neither). An address on `lo` itself, or a
+//! `local` route without an address, is not bypassed.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -32,7 +41,11 @@ const MAX_ENTRIES: usize = 4096;
 pub enum Egress {
     /// Leaves through this interface.
     Interface(u32),
-    /// Delivered locally (an address of the host itself): never bypassed.
+    /// One of the host's own addresses, carried by this interface (never
+    /// `lo`): reached through `lo` by a socket pinned to that interface.
+    HostAddress(u32),
+    /// Delivered locally otherwise (broadcast, multicast, anycast, an
+    /// address on `lo`, a `local` route without an address): never bypassed.
     Local,
     /// No usable route (unreachable, blackhole, prohibit…).
     None,
@@ -91,7 +104,13 @@ impl Routes {
         msg.attributes.push(RouteAttribute::Destination(ip.into()));
         let mut answers = self.handle.route().get(msg).execute();
         match answers.next().await {
-            Some(Ok(route)) => Ok(egress_of(&route)),
+            Some(Ok(route)) => match egress_of(&route) {
+                Egress::HostAddress(_) => Ok(self
+                    .owner_of(ip)
+                    .await?
+                    .map_or(Egress::Local, Egress::HostAddress)),
+                e => Ok(e),
+            },
             // ENETUNREACH and friends come back as errors: no route.
             Some(Err(rtnetlink::Error::NetlinkError(_))) => Ok(Egress::None),
             Some(Err(e)) => Err(RouteError::Lookup {
@@ -103,9 +122,31 @@ impl Routes {
     }
 }
 
+impl Routes {
+    /// The interface that carries the host's address `ip`, unless it is
+    /// `lo` (or no interface does).
+    async fn owner_of(&self, ip: IpAddr) -> Result<Option<u32>, RouteError> {
+        let mut answers = self.handle.address().get().set_address_filter(ip).execute();
+        while let Some(answer) = answers.next().await {
+            let msg = answer.map_err(|e| RouteError::Lookup {
+                ip,
+                detail: e.to_string(),
+            })?;
+            let index = msg.header.index;
+            if index != crate::policy::verdict::LOOPBACK_IFINDEX {
+                return Ok(Some(index));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The egress a route answer names; a `local` one still needs the
+/// interface of the address (`Routes::owner_of`), `HostAddress(0)` until then.
 fn egress_of(route: &RouteMessage) -> Egress {
     match route.header.kind {
-        RouteType::Local | RouteType::Broadcast | RouteType::Multicast | RouteType::Anycast => Egress::Local,
+        RouteType::Local => Egress::HostAddress(0),
+        RouteType::Broadcast | RouteType::Multicast | RouteType::Anycast => Egress::Local,
         RouteType::Unicast => route
             .attributes
             .iter()
@@ -129,6 +170,8 @@ mod tests {
         r.attributes.push(RouteAttribute::Oif(7));
         assert_eq!(egress_of(&r), Egress::Interface(7));
         r.header.kind = RouteType::Local;
+        assert_eq!(egress_of(&r), Egress::HostAddress(0));
+        r.header.kind = RouteType::Broadcast;
         assert_eq!(egress_of(&r), Egress::Local);
         r.header.kind = RouteType::BlackHole;
         assert_eq!(egress_of(&r), Egress::None);
@@ -138,15 +181,41 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn loopback_is_local_and_a_pinned_socket_cannot_be_repinned() {
+    async fn a_host_address_is_pinned_to_the_interface_that_carries_it() {
         let routes = Routes::open().expect("route socket");
-        assert_eq!(
-            routes
-                .egress("127.0.0.1".parse().expect("ip"))
-                .await
-                .expect("lookup"),
-            Egress::Local
-        );
+        let mut addrs = routes.handle.address().get().execute();
+        let mut checked = 0;
+        while let Some(Ok(msg)) = addrs.next().await {
+            let ip = msg.attributes.iter().find_map(|a| match a {
+                netlink_packet_route::address::AddressAttribute::Local(ip)
+                | netlink_packet_route::address::AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            });
+            let Some(ip) = ip.filter(|ip| !ip.is_loopback() && msg.header.index != 1) else {
+                continue;
+            };
+            if let IpAddr::V6(v6) = ip {
+                if (v6.segments()[0] & 0xffc0) == 0xfe80 {
+                    continue;
+                }
+            }
+            let egress = routes.egress(ip).await.expect("lookup");
+            assert_eq!(egress, Egress::HostAddress(msg.header.index), "{ip}");
+            checked += 1;
+        }
+        assert!(checked > 0, "this machine has no non-loopback address to check");
+    }
+
+    #[tokio::test]
+    async fn loopback_is_never_a_host_address_to_bypass_and_a_pinned_socket_cannot_be_repinned() {
+        let routes = Routes::open().expect("route socket");
+        for lo in ["127.0.0.1", "127.0.0.2", "::1"] {
+            assert_eq!(
+                routes.egress(lo.parse().expect("ip")).await.expect("lookup"),
+                Egress::Local,
+                "{lo}"
+            );
+        }
         let sock = rustix::net::socket(
             rustix::net::AddressFamily::INET,
             rustix::net::SocketType::STREAM,

@@ -10,6 +10,7 @@
 pub mod container;
 pub mod daemon;
 pub mod docker;
+pub mod lan;
 pub mod peer;
 pub mod prereq;
 pub mod seccomp;
@@ -31,6 +32,9 @@ pub use user::LabUser;
 pub struct Lab {
     pub user: LabUser,
     dir: tempfile::TempDir,
+    /// The network namespace (`ip netns` name) every user process runs in;
+    /// `None`: the machine's own.
+    netns: Option<String>,
 }
 
 impl Lab {
@@ -70,7 +74,11 @@ impl Lab {
             std::fs::create_dir(dir.path().join(sub))?;
         }
         std::fs::set_permissions(dir.path().join("run"), std::fs::Permissions::from_mode(0o700))?;
-        let lab = Lab { user, dir };
+        let lab = Lab {
+            user,
+            dir,
+            netns: None,
+        };
         lab.chown(lab.dir.path())?;
         for sub in ["bin", "run", "home"] {
             lab.chown(&lab.dir.path().join(sub))?;
@@ -125,17 +133,40 @@ impl Lab {
         Ok((server, addr))
     }
 
-    /// A command that runs as the test user, with a clean environment.
+    /// Runs every user process of this lab (daemon, runtime, user-mode
+    /// stack, servers) in the network namespace `netns` (`ip netns` name),
+    /// as on another machine: see [`lan::Lan`].
+    pub fn in_netns(mut self, netns: &str) -> Self {
+        self.netns = Some(netns.to_owned());
+        self
+    }
+
+    /// A command that runs as the test user, with a clean environment (in
+    /// the lab's network namespace, if it has one).
     pub fn user_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new(program);
+        let mut cmd = match &self.netns {
+            // nsenter enters as root, then becomes the user.
+            Some(ns) => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net=/run/netns/{ns}"))
+                    .args(["--setuid", &self.user.uid.to_string()])
+                    .args(["--setgid", &self.user.gid.to_string()])
+                    .arg("--")
+                    .arg(program);
+                cmd
+            }
+            None => {
+                let mut cmd = Command::new(program);
+                cmd.uid(self.user.uid).gid(self.user.gid);
+                cmd
+            }
+        };
         cmd.env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
             .env("HOME", self.path().join("home"))
             .env("USER", &self.user.name)
             .env("XDG_RUNTIME_DIR", self.runtime_dir())
-            .current_dir(self.path())
-            .uid(self.user.uid)
-            .gid(self.user.gid);
+            .current_dir(self.path());
         cmd
     }
 }

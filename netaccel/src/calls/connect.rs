@@ -107,17 +107,14 @@ pub async fn handle(
                 addr: dst,
                 ifindex: Some(ifindex),
             },
-            // Another container's (or its own) published port, addressed by
-            // one of the host's addresses: a socket that cannot be pinned,
-            // so only for a container whose profile carries the guards that
-            // keep such a socket from being aimed anywhere else (see
-            // `Accel::guarded`).
-            Ok(Egress::Local) if stream && accel.guarded && accel.listeners.live(dst.port()).is_some() => {
-                Target {
-                    addr: dst,
-                    ifindex: None,
-                }
-            }
+            // One of the host's own addresses (a server on the host, another
+            // container's published port): pinned to the interface that
+            // carries the address, which reaches it and never loopback (see
+            // route.rs).
+            Ok(Egress::HostAddress(ifindex)) => Target {
+                addr: dst,
+                ifindex: Some(ifindex),
+            },
             Ok(Egress::Local | Egress::None) => return Ok(Handled::keep(Keep::NotRoutedOut)),
             Err(e) => {
                 tracing::warn!(error = %e, "route lookup failed; connect keeps the container path");
@@ -149,6 +146,12 @@ pub async fn handle(
         Err(e) if e == rustix::io::Errno::INPROGRESS => socket::connect_result_now(host),
         Err(e) => Some(e.raw_os_error()),
     };
+    if finished == Some(0) && stream && !nonblocking && target.ifindex.is_some() {
+        // Done at once on our non-blocking socket for a blocking caller:
+        // connected as a blocking connect leaves it (a later connect gets
+        // EISCONN, as the kernel would answer).
+        finished = Some(mark_connected(host, &target.addr));
+    }
     if target.ifindex.is_none() {
         // A loopback socket is handed over only once connected (see
         // `settle_loopback`).
@@ -225,9 +228,13 @@ async fn settle_loopback(host: &OwnedFd, addr: &SocketAddr, finished: Option<i32
     if result != 0 {
         return result;
     }
-    // A second connect on a completed non-blocking connect marks the socket
-    // connected (SS_CONNECTED) and sends nothing: 0, or EISCONN when the
-    // first one already did.
+    mark_connected(host, addr)
+}
+
+/// A second connect on a completed non-blocking connect marks the socket
+/// connected (SS_CONNECTED) and sends nothing: 0 (also when it already was),
+/// or the errno of a connection that failed meanwhile.
+fn mark_connected(host: &OwnedFd, addr: &SocketAddr) -> i32 {
     match rustix::net::connect(host, addr) {
         Ok(()) => 0,
         Err(e) if e == rustix::io::Errno::ISCONN => 0,
@@ -236,8 +243,10 @@ async fn settle_loopback(host: &OwnedFd, addr: &SocketAddr, finished: Option<i32
 }
 
 /// `connect(fd, AF_UNSPEC)` (disconnect) in a container with bind bypass:
-/// done here, on the daemon's copy, so a host socket of ours is never
-/// disconnected (which would let it connect anywhere from the host).
+/// refused on a host socket that is not pinned outwards (a disconnected
+/// listener could connect anywhere from the host), run by the daemon on its
+/// own copy of any other socket. Never continued: by the time the kernel ran
+/// it, another socket could sit under the same fd number.
 fn disconnect(accel: &Accel, pending: &Pending<'_>, n: &Notification, call: SockaddrCall) -> Handled {
     let orig = match copy_caller_fd(accel, pending, n, call.fd) {
         CallerFd::Copied(fd) => fd,
@@ -245,26 +254,22 @@ fn disconnect(accel: &Accel, pending: &Pending<'_>, n: &Notification, call: Sock
         CallerFd::Failed(e) => return Handled::refuse(e.raw_os_error().unwrap_or(libc::EBADF)),
     };
     let netns = socket::netns_of(&orig);
-    let Ok(facts) = socket::read_facts(&orig, netns) else {
-        // Not a socket: the kernel produces the right errno.
-        return Handled::keep(Keep::NotInet);
+    let refused = match socket::read_facts(&orig, netns) {
+        Ok(facts) => verdict::host_socket_refusal(&facts, accel.host_netns).is_some(),
+        // Unreadable: an inet socket that may be ours counts as ours.
+        Err(_) => socket::is_inet_socket(&orig) && verdict::maybe_host(netns, accel.host_netns),
     };
-    if verdict::host_socket_refusal(&facts, accel.host_netns).is_some() {
+    if refused {
         return Handled::refuse(libc::EOPNOTSUPP);
     }
-    if facts.netns != Some(accel.container_netns) {
-        // Not an inet socket of ours or the container's (a unix socket, a
-        // nested namespace): nothing of the host is involved.
-        return Handled::keep(Keep::NotInet);
-    }
+    // Not a socket, a unix socket, the container's own or a nested
+    // namespace's: the same call on the same open file gives the errno the
+    // kernel would have given the container.
     let errno = match rustix::net::connect_unspec(&orig) {
         Ok(()) => 0,
         Err(e) => e.raw_os_error(),
     };
-    Handled {
-        reply: Reply::errno(errno),
-        event: Event::Kept(Keep::NotInet),
-    }
+    Handled::done(errno)
 }
 
 /// Refuses a connect on a host socket that is not pinned outwards (a

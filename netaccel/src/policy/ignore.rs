@@ -6,7 +6,10 @@ use ipnet::IpNet;
 
 /// Destinations that are never bypassed. Loopback and the unspecified address
 /// (which Linux treats as "this host") are always in it: in a container they
-/// mean the container itself, never the host.
+/// mean the container itself, never the host. So are link-local addresses
+/// (169.254.0.0/16, fe80::/10): they belong to one link, and user-mode
+/// stacks answer some themselves (Podman's pasta: DNS at 169.254.1.1, the
+/// host at 169.254.1.2).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IgnoreList {
     nets: Vec<IpNet>,
@@ -37,10 +40,17 @@ impl IgnoreList {
     pub fn is_ignored(&self, ip: IpAddr) -> bool {
         // ::ffff:127.0.0.1 on an AF_INET6 socket is IPv4 loopback.
         let ip = ip.to_canonical();
-        if ip.is_loopback() || ip.is_unspecified() {
+        if ip.is_loopback() || ip.is_unspecified() || is_link_local(ip) {
             return true;
         }
         self.nets.iter().any(|n| n.contains(&ip))
+    }
+}
+
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
     }
 }
 
@@ -57,7 +67,7 @@ mod tests {
     }
 
     #[test]
-    fn loopback_and_unspecified_are_always_ignored() {
+    fn loopback_unspecified_and_link_local_are_always_ignored() {
         let list = IgnoreList::default();
         for a in [
             "127.0.0.1",
@@ -67,6 +77,10 @@ mod tests {
             "::",
             "::ffff:127.0.0.1",
             "::ffff:0.0.0.0",
+            "169.254.1.1",
+            "::ffff:169.254.1.2",
+            "fe80::1",
+            "febf::1",
         ] {
             assert!(list.is_ignored(ip(a)), "{a}");
         }

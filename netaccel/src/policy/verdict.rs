@@ -60,9 +60,10 @@ pub enum Keep {
     ForeignNamespace,
     AlreadyBound,
     NotClosed,
-    /// The host delivers this destination locally (one of its own
-    /// addresses) or has no route for it: nothing to gain, and a host socket
-    /// pinned to `lo` could reach host loopback.
+    /// The host delivers this destination locally but not through an
+    /// interface a socket can be pinned to (an address on `lo`, broadcast,
+    /// multicast), or has no route for it: a host socket pinned to `lo`
+    /// could reach host loopback.
     NotRoutedOut,
     /// Not a syscall the daemon acts on (another architecture, or a
     /// container served without acceleration).

@@ -32,7 +32,7 @@ pub enum HelperError {
 }
 
 /// Runs in the helper process: enter the namespaces of `pid`, create a route
-/// socket subscribed to address changes, send it on fd `HELPER_FD`.
+/// socket subscribed to address and route changes, send it on fd `HELPER_FD`.
 pub fn run_helper(pid: u32) -> io::Result<()> {
     // SAFETY: the parent placed our end of a unix socket at HELPER_FD for us
     // alone and nothing else in this process refers to that number.
@@ -49,6 +49,8 @@ pub fn run_helper(pid: u32) -> io::Result<()> {
     sock.bind_auto()?;
     sock.add_membership(libc::RTNLGRP_IPV4_IFADDR)?;
     sock.add_membership(libc::RTNLGRP_IPV6_IFADDR)?;
+    sock.add_membership(libc::RTNLGRP_IPV4_ROUTE)?;
+    sock.add_membership(libc::RTNLGRP_IPV6_ROUTE)?;
     // SAFETY: `sock` owns this fd and outlives the borrow.
     let sock_fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(sock.as_raw_fd()) };
     fdpass::send_with_fds(&out, b"r", &[sock_fd])

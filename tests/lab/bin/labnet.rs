@@ -81,6 +81,25 @@ enum Cmd {
     },
     /// Server for `connrate`: accepts and closes connections, forever.
     AcceptClose { listen: SocketAddr },
+    /// Accepts and closes connections, forever, printing each peer at once
+    /// (the "evil" server of the re-aim tests counts these lines).
+    AcceptCount { listen: SocketAddr },
+    /// Connects to GOOD (one of the host's own addresses: a bypassed socket
+    /// that goes through the host's `lo`), checks the echo, then tries every
+    /// way of turning that socket towards EVIL (servers on host loopback):
+    /// connect again, disconnect and connect, sendto/sendmsg with
+    /// MSG_FASTOPEN, TCP_FASTOPEN_CONNECT, io_uring, bind, listen, shutdown
+    /// and connect; then RACES rounds of connects to EVIL on a container
+    /// socket while one thread swaps the host socket under the same fd
+    /// number and another flips the address to AF_UNSPEC. Prints every
+    /// errno, and what became of the host socket.
+    HostReaim {
+        good: SocketAddr,
+        #[arg(required = true)]
+        evil: Vec<SocketAddr>,
+        #[arg(long, default_value_t = 1000)]
+        races: u32,
+    },
     /// Opens and closes connections for SECONDS; prints the rate, the
     /// connect(2) latency percentiles and maximum, the connects slower than
     /// 100 ms and the errors.
@@ -160,6 +179,8 @@ fn main() {
         } => connect_loop(dst, count, Duration::from_millis(interval_ms), bytes),
         Cmd::Sockopts { dst } => sockopts(dst),
         Cmd::AcceptClose { listen } => accept_close(listen),
+        Cmd::AcceptCount { listen } => accept_count(listen),
+        Cmd::HostReaim { good, evil, races } => host_reaim(good, &evil, races),
         Cmd::UdpEcho { listen } => udp_echo(listen),
         Cmd::UdpConnect { dst, nonblocking } => udp_connect(dst, nonblocking),
         Cmd::UdpReaim { good, evil } => udp_reaim(good, evil),
@@ -1124,4 +1145,332 @@ fn self_connect(listen: SocketAddr, dsts: &[SocketAddr]) -> Result<()> {
         json!({"listening": listening, "results": results, "served": served.load(Ordering::SeqCst)})
     );
     Ok(())
+}
+
+fn accept_count(listen: SocketAddr) -> Result<()> {
+    let listener = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
+    println!("{}", json!({"listening": listener.local_addr()?.to_string()}));
+    std::io::stdout().flush()?;
+    for conn in listener.incoming() {
+        let conn = conn?;
+        println!("{}", json!({"accepted": conn.peer_addr()?.to_string()}));
+        std::io::stdout().flush()?;
+    }
+    Ok(())
+}
+
+/// A sockaddr_storage-sized buffer holding `a`, and its length.
+fn sockaddr_of(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain integers; all-zero is valid.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match a {
+        SocketAddr::V4(v4) => {
+            let sin = sockaddr_in(v4);
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// A sockaddr whose family another thread rewrites while the kernel reads it.
+#[repr(C)]
+struct RacyStorage {
+    family: AtomicU16,
+    rest: [u8; 126],
+}
+
+impl From<&libc::sockaddr_storage> for RacyStorage {
+    fn from(sa: &libc::sockaddr_storage) -> Self {
+        // SAFETY: sockaddr_storage is 128 plain bytes.
+        let bytes: [u8; 128] = unsafe { std::mem::transmute_copy(sa) };
+        let mut rest = [0u8; 126];
+        rest.copy_from_slice(&bytes[2..]);
+        Self {
+            family: AtomicU16::new(sa.ss_family),
+            rest,
+        }
+    }
+}
+
+fn last_errno(rc: libc::c_long) -> i32 {
+    errno_of(rc)
+}
+
+fn host_reaim(good: SocketAddr, evil: &[SocketAddr], races: u32) -> Result<()> {
+    use rustix::net::{AddressFamily, SocketType};
+    let family = if good.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let mut conn = TcpStream::connect(good).with_context(|| format!("connect {good}"))?;
+    conn.write_all(b"ping")?;
+    let mut back = [0u8; 4];
+    conn.read_exact(&mut back)?;
+    let local = conn.local_addr()?.to_string();
+    let fd = conn.as_raw_fd();
+    let mut attempts = serde_json::Map::new();
+    let note = |attempts: &mut serde_json::Map<String, serde_json::Value>, name: String, errno: i32| {
+        attempts.insert(name, json!(errno));
+    };
+    for (i, e) in evil.iter().enumerate() {
+        let (sa, len) = sockaddr_of(*e);
+        let sa_ptr = (&sa as *const libc::sockaddr_storage).cast::<libc::sockaddr>();
+        note(
+            &mut attempts,
+            format!("connect_{i}"),
+            raw_connect_errno(fd, sa_ptr, len),
+        );
+        let peer = rustix::net::getpeername(&conn)
+            .ok()
+            .flatten()
+            .and_then(|p| SocketAddr::try_from(p).ok());
+        attempts.insert(
+            format!("peer_after_connect_{i}"),
+            json!(peer.map(|p| p.to_string())),
+        );
+        note(&mut attempts, format!("disconnect_{i}"), disconnect(fd));
+        note(
+            &mut attempts,
+            format!("connect_after_disconnect_{i}"),
+            raw_connect_errno(fd, sa_ptr, len),
+        );
+        // SAFETY: sends one byte from a live buffer to a live sockaddr.
+        let sent = unsafe { libc::sendto(fd, b"x".as_ptr().cast(), 1, libc::MSG_FASTOPEN, sa_ptr, len) };
+        note(
+            &mut attempts,
+            format!("sendto_fastopen_{i}"),
+            last_errno(sent as libc::c_long),
+        );
+        let mut byte = *b"x";
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        // SAFETY: msghdr is plain data; all-zero is valid before we fill it.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&sa as *const libc::sockaddr_storage).cast_mut().cast();
+        msg.msg_namelen = len;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        // SAFETY: msg points at a live name and one live iovec.
+        let sent = unsafe { libc::sendmsg(fd, &msg, libc::MSG_FASTOPEN) };
+        note(
+            &mut attempts,
+            format!("sendmsg_fastopen_{i}"),
+            last_errno(sent as libc::c_long),
+        );
+    }
+    let one: libc::c_int = 1;
+    // SAFETY: reads one c_int from a live local.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_FASTOPEN_CONNECT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    note(
+        &mut attempts,
+        "tcp_fastopen_connect".into(),
+        last_errno(rc as libc::c_long),
+    );
+    // SAFETY: io_uring_params is plain integers (all-zero is valid); the
+    // syscall writes into it and returns an fd or -1.
+    let uring = unsafe {
+        let mut params = [0u8; 120];
+        libc::syscall(libc::SYS_io_uring_setup, 1u32, params.as_mut_ptr())
+    };
+    note(&mut attempts, "io_uring_setup".into(), last_errno(uring));
+    if uring >= 0 {
+        // SAFETY: the fd was just returned to us and nothing else owns it.
+        unsafe { libc::close(uring as i32) };
+    }
+    // io_uring runs connect without a syscall the daemon could see.
+    if let Some(e) = evil.first() {
+        note(
+            &mut attempts,
+            "io_uring_disconnect".into(),
+            uring_connect(fd, None),
+        );
+        note(
+            &mut attempts,
+            "io_uring_connect".into(),
+            uring_connect(fd, Some(*e)),
+        );
+    }
+    let (any, any_len) = sockaddr_of(SocketAddr::new(good.ip(), 0));
+    // SAFETY: bind reads `any_len` bytes from a live sockaddr.
+    let rc = unsafe { libc::bind(fd, (&any as *const libc::sockaddr_storage).cast(), any_len) };
+    note(&mut attempts, "bind".into(), last_errno(rc as libc::c_long));
+    // SAFETY: listen takes plain integers.
+    note(
+        &mut attempts,
+        "listen".into(),
+        last_errno(unsafe { libc::listen(fd, 16) } as libc::c_long),
+    );
+    // The race: connects to EVIL on a container socket at RACE_FD, while the
+    // host socket is swapped in and out of RACE_FD and the address flips
+    // between EVIL and AF_UNSPEC.
+    const RACE_FD: i32 = 900;
+    let host_copy = rustix::io::dup(&conn)?;
+    // Non-blocking everywhere: a connect of the host socket that went
+    // anywhere but GOOD would otherwise wait for its SYN retries to end.
+    let fl = rustix::fs::fcntl_getfl(&host_copy)?;
+    rustix::fs::fcntl_setfl(&host_copy, fl | rustix::fs::OFlags::NONBLOCK)?;
+    let fresh = move || {
+        rustix::net::socket_with(
+            family,
+            SocketType::STREAM,
+            rustix::net::SocketFlags::NONBLOCK,
+            None,
+        )
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let swaps = Arc::new(AtomicU64::new(0));
+    let (evil_sa, evil_len) = sockaddr_of(evil[0]);
+    let shared = Arc::new(RacyStorage::from(&evil_sa));
+    let swapper = {
+        let (stop, swaps) = (stop.clone(), swaps.clone());
+        let host_raw = host_copy.as_raw_fd();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                // SAFETY: dup2 onto a number this process reserves for the race.
+                unsafe { libc::dup2(host_raw, RACE_FD) };
+                std::thread::yield_now();
+                if let Ok(s) = fresh() {
+                    // SAFETY: as above; the fresh socket is closed after.
+                    unsafe { libc::dup2(s.as_raw_fd(), RACE_FD) };
+                }
+                swaps.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let flipper = {
+        let (stop, shared) = (stop.clone(), shared.clone());
+        let real = evil_sa.ss_family;
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                shared.family.store(libc::AF_UNSPEC as u16, Ordering::Relaxed);
+                shared.family.store(real, Ordering::Relaxed);
+            }
+        })
+    };
+    let (mut race_ok, mut race_failed) = (0u32, 0u32);
+    let mut errnos = std::collections::BTreeMap::<i32, u32>::new();
+    for _ in 0..races {
+        if let Ok(s) = fresh() {
+            // SAFETY: as in the swapper.
+            unsafe { libc::dup2(s.as_raw_fd(), RACE_FD) };
+        }
+        let rc = raw_connect_errno(RACE_FD, Arc::as_ptr(&shared).cast(), evil_len);
+        if rc == 0 {
+            race_ok += 1;
+        } else {
+            race_failed += 1;
+            *errnos.entry(rc).or_default() += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = swapper.join();
+    let _ = flipper.join();
+    // SAFETY: closes the race's fd number, which only this function used.
+    unsafe { libc::close(RACE_FD) };
+    // What became of the host socket: still connected to GOOD, or (had a
+    // race disconnected it) able to open a connection to EVIL?
+    let still_connected = rustix::net::getpeername(&host_copy)
+        .ok()
+        .flatten()
+        .and_then(|p| SocketAddr::try_from(p).ok())
+        == Some(good);
+    let after_race = if still_connected {
+        "still connected to good".to_string()
+    } else {
+        let rc = raw_connect_errno(
+            host_copy.as_raw_fd(),
+            (&evil_sa as *const libc::sockaddr_storage).cast(),
+            evil_len,
+        );
+        format!(
+            "disconnected; connect to evil: errno {rc}, then {}",
+            outcome(&host_copy)
+        )
+    };
+    // SAFETY: shutdown takes plain integers.
+    note(
+        &mut attempts,
+        "shutdown".into(),
+        last_errno(unsafe { libc::shutdown(fd, libc::SHUT_RDWR) } as libc::c_long),
+    );
+    let (sa, len) = sockaddr_of(evil[0]);
+    note(
+        &mut attempts,
+        "connect_after_shutdown".into(),
+        raw_connect_errno(fd, (&sa as *const libc::sockaddr_storage).cast(), len),
+    );
+    drop(conn);
+    println!(
+        "{}",
+        json!({"local": local, "echo": back == *b"ping", "attempts": attempts,
+               "races": races, "race_connected": race_ok, "race_failed": race_failed,
+               "race_errnos": errnos.iter().map(|(e, n)| (e.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+               "swaps": swaps.load(Ordering::Relaxed), "host_socket": after_race})
+    );
+    Ok(())
+}
+
+/// connect(2) through io_uring (`None`: AF_UNSPEC); 0, the errno, or -1
+/// when io_uring itself is refused.
+fn uring_connect(fd: i32, to: Option<SocketAddr>) -> i32 {
+    let Ok(mut ring) = io_uring::IoUring::new(2) else {
+        return -1;
+    };
+    let (sa, len) = match to {
+        Some(a) => sockaddr_of(a),
+        None => {
+            // SAFETY: sockaddr_storage is plain integers; all-zero is AF_UNSPEC.
+            (
+                unsafe { std::mem::zeroed() },
+                std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+            )
+        }
+    };
+    let entry = io_uring::opcode::Connect::new(
+        io_uring::types::Fd(fd),
+        (&sa as *const libc::sockaddr_storage).cast(),
+        len,
+    )
+    .build();
+    // SAFETY: the sockaddr outlives the submission: we wait for its
+    // completion below before `sa` goes out of scope.
+    if unsafe { ring.submission().push(&entry) }.is_err() {
+        return -1;
+    }
+    if ring.submit_and_wait(1).is_err() {
+        return -1;
+    }
+    let res = ring.completion().next().map_or(-1, |c| c.result());
+    if res < 0 {
+        -res
+    } else {
+        0
+    }
 }
