@@ -15,6 +15,7 @@ pub enum Metric {
     ConnectMax,
     ConnRate8,
     ConnRate4x2,
+    HostIpUp1,
     HostIpRate,
     RoundTripP50,
     RoundTripP99,
@@ -44,7 +45,7 @@ pub enum Kind {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 27] = [
+    pub const ALL: [Metric; 28] = [
         Metric::Up1,
         Metric::Up4,
         Metric::Down1,
@@ -57,6 +58,7 @@ impl Metric {
         Metric::ConnectMax,
         Metric::ConnRate8,
         Metric::ConnRate4x2,
+        Metric::HostIpUp1,
         Metric::HostIpRate,
         Metric::RoundTripP50,
         Metric::RoundTripP99,
@@ -102,6 +104,7 @@ impl Metric {
             Metric::ConnectMax => "connect_max_us",
             Metric::ConnRate8 => "connections_per_s_1_thread_8_in_flight",
             Metric::ConnRate4x2 => "connections_per_s_4_threads_2_in_flight",
+            Metric::HostIpUp1 => "container_to_host_own_ip_1_stream_gbit_s",
             Metric::HostIpRate => "connections_per_s_to_host_own_ip",
             Metric::RoundTripP50 => "request_response_p50_us",
             Metric::RoundTripP99 => "request_response_p99_us",
@@ -134,6 +137,7 @@ impl Metric {
             Metric::ConnectMax => "connect latency max (µs)",
             Metric::ConnRate8 => "short connections/s, 1 thread × 8 in flight",
             Metric::ConnRate4x2 => "short connections/s, 4 threads × 2 in flight",
+            Metric::HostIpUp1 => "TCP container → the host's own IP, 1 stream (Gbit/s)",
             Metric::HostIpRate => "short connections/s to the host's own IP",
             Metric::RoundTripP50 => "64-byte request/response p50 (µs)",
             Metric::RoundTripP99 => "64-byte request/response p99 (µs)",

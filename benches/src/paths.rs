@@ -14,9 +14,13 @@ pub enum NetPath {
     Host,
     /// A container behind a user-mode stack.
     Container { net: UserNet },
-    /// A container behind slirp4netns (MTU 65520) with netaccel's profile;
-    /// `inbound` also publishes the inbound test port through a host listener.
-    Netaccel { profile: Value, inbound: Value },
+    /// A container behind `net` with netaccel's profile; `inbound` also
+    /// publishes the inbound test port through a host listener.
+    Netaccel {
+        net: UserNet,
+        profile: Value,
+        inbound: Value,
+    },
 }
 
 /// The port every inbound server listens on inside its container.
@@ -39,7 +43,14 @@ impl NetPath {
             NetPath::Container {
                 net: UserNet::Pasta { mtu },
             } => format!("pasta {mtu}"),
-            NetPath::Netaccel { .. } => "netaccel".into(),
+            NetPath::Netaccel {
+                net: UserNet::Slirp4netns { .. },
+                ..
+            } => "netaccel".into(),
+            NetPath::Netaccel {
+                net: UserNet::Pasta { .. },
+                ..
+            } => "netaccel pasta".into(),
         }
     }
 
@@ -59,6 +70,9 @@ impl NetPath {
             self,
             NetPath::Container {
                 net: UserNet::Pasta { .. }
+            } | NetPath::Netaccel {
+                net: UserNet::Pasta { .. },
+                ..
             }
         )
     }
@@ -120,9 +134,9 @@ impl NetPath {
                 }],
                 ..Default::default()
             },
-            NetPath::Netaccel { inbound, .. } => ContainerConfig {
+            NetPath::Netaccel { net, inbound, .. } => ContainerConfig {
                 seccomp: Some(inbound.clone()),
-                net: UserNet::Slirp4netns { mtu: 65520 },
+                net: *net,
                 ..Default::default()
             },
         };
@@ -149,9 +163,9 @@ impl NetPath {
                 net: *net,
                 ..Default::default()
             },
-            NetPath::Netaccel { profile, .. } => ContainerConfig {
+            NetPath::Netaccel { net, profile, .. } => ContainerConfig {
                 seccomp: Some(profile.clone()),
-                net: UserNet::Slirp4netns { mtu: 65520 },
+                net: *net,
                 ..Default::default()
             },
         };

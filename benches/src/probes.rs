@@ -16,10 +16,13 @@ use rootless_lab::{Lab, PeerHost};
 /// figure on every path alike.
 const OMIT_SECONDS: &str = "1";
 
-/// The servers in the peer host.
+/// The servers in the peer host, and on the host's own address.
 pub struct Servers<'a> {
+    pub lab: &'a Lab,
     pub peer: &'a PeerHost,
     pub iperf_port: u16,
+    /// Port of the iperf3 server on the host's own address.
+    pub host_iperf_port: u16,
     /// Host port of the inbound measurements (published port, or the host's
     /// own iperf3 server).
     pub inbound_port: u16,
@@ -36,25 +39,50 @@ impl Servers<'_> {
     fn fresh_iperf(&self) -> Result<Server> {
         let port = self.iperf_port.to_string();
         let addr = self.peer.addr.to_string();
-        let mut server = self.peer.spawn(
-            "iperf3",
-            &[
-                "-s",
-                "-1",
-                "-B",
-                &addr,
-                "-p",
-                &port,
-                "--idle-timeout",
-                "60",
-                "--rcv-timeout",
-                "10000",
-            ],
-        )?;
+        let server = self.peer.spawn("iperf3", &iperf_server_args(&addr, &port))?;
+        wait_iperf(server, self.iperf_port)
+    }
+
+    /// The same on the host's own address (the host side of the peer
+    /// link), run as the test user.
+    fn fresh_host_iperf(&self) -> Result<Server> {
+        let port = self.host_iperf_port.to_string();
+        let addr = self.peer.host_addr.to_string();
+        let child = self
+            .lab
+            .user_command("iperf3")
+            .args(iperf_server_args(&addr, &port))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("starting iperf3 on the host")?;
+        wait_iperf(Server { child }, self.host_iperf_port)
+    }
+}
+
+fn iperf_server_args<'a>(addr: &'a str, port: &'a str) -> [&'a str; 10] {
+    [
+        "-s",
+        "-1",
+        "-B",
+        addr,
+        "-p",
+        port,
+        "--idle-timeout",
+        "60",
+        "--rcv-timeout",
+        "10000",
+    ]
+}
+
+/// Waits until `server` (iperf3 on `port`) listens.
+fn wait_iperf(mut server: Server, port: u16) -> Result<Server> {
+    {
         // Its banner is buffered in a pipe, and a probing connect would be
         // the one client it serves: watch its namespace's socket table.
         let tcp = format!("/proc/{}/net/tcp", server.child.id());
-        let listening = format!(":{:04X} 00000000:0000 0A", self.iperf_port);
+        let listening = format!(":{port:04X} 00000000:0000 0A");
         let ready = rootless_lab::wait_for("the iperf3 server to listen", Duration::from_secs(10), || {
             std::fs::read_to_string(&tcp)
                 .ok()
@@ -68,8 +96,8 @@ impl Servers<'_> {
             }
             anyhow::bail!("{e} (exit status {status:?}): {}", stderr.trim());
         }
-        Ok(server)
     }
+    Ok(server)
 }
 
 pub struct ProbeSettings {
@@ -117,6 +145,24 @@ pub fn measure_all(
         let out = path.run_with(lab, &args, timeout, || servers.fresh_iperf())?;
         samples.push(Sample::clean(metric, iperf_gbits(&out)?));
     }
+    let host_ip = servers.peer.host_addr.to_string();
+    let host_port = servers.host_iperf_port.to_string();
+    let args = [
+        "iperf3",
+        "-c",
+        &host_ip,
+        "-p",
+        &host_port,
+        "-t",
+        &secs,
+        "-J",
+        "-O",
+        OMIT_SECONDS,
+        "--connect-timeout",
+        "5000",
+    ];
+    let out = path.run_with(lab, &args, timeout, || servers.fresh_host_iperf())?;
+    samples.push(Sample::clean(Metric::HostIpUp1, iperf_gbits(&out)?));
     for (metric, streams) in [(Metric::In1, "1"), (Metric::In4, "4")] {
         samples.push(Sample::clean(
             metric,

@@ -520,6 +520,7 @@ pub async fn doctor(
                             name: e.kind().name(),
                             version: info.version,
                             rootless: info.rootless,
+                            user_net: info.user_net,
                         })
                     }
                     Err(x) => Err(x.to_string()),

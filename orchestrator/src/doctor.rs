@@ -63,6 +63,8 @@ pub struct EngineFacts {
     pub name: &'static str,
     pub version: String,
     pub rootless: bool,
+    /// The rootless network stack it names, if it does (Podman ≥ 5).
+    pub user_net: Option<String>,
 }
 
 /// Modules the node's networking needs on the host kernel.
@@ -351,8 +353,36 @@ pub fn evaluate(f: &HostFacts, accel: bool) -> Vec<Finding> {
         if let Some((passed, detail)) = answered(&f.accel_runtime, "the engine knows the netaccel runtime") {
             push("accel runtime", passed, Severity::Blocking, detail);
         }
+        if let Some(Ok(engine)) = &f.engine {
+            if let Some(detail) = user_net_advice(engine) {
+                push("user-mode net", true, Severity::Warning, detail);
+            }
+        }
     }
     out
+}
+
+/// What netaccel does with the engine's rootless network stack, for Podman
+/// (pasta by default since Podman 5; Podman 6 drops slirp4netns).
+fn user_net_advice(engine: &EngineFacts) -> Option<String> {
+    match engine.user_net.as_deref() {
+        Some("pasta") => Some(
+            "pasta (Podman 5's default) works with netaccel: connects to the LAN pasta copies from the host and beyond \
+             take the fast path; pasta keeps the container's gateway (which it maps to the host), link-local addresses \
+             (its DNS 169.254.1.1, host.containers.internal 169.254.1.2) and the container's own address"
+                .into(),
+        ),
+        Some("slirp4netns") => Some(
+            "slirp4netns: works with netaccel; Podman 6 drops it, and pasta (rootless_networking = \"pasta\" in \
+             containers.conf) works with netaccel as well"
+                .into(),
+        ),
+        Some(other) => Some(format!("{other}: netaccel bypasses what leaves the container for other hosts")),
+        None if engine.name == "podman" => Some(
+            "Podman names no network stack (before 5.0: slirp4netns); netaccel works with slirp4netns and pasta".into(),
+        ),
+        None => None,
+    }
 }
 
 #[cfg(test)]
@@ -377,6 +407,7 @@ mod tests {
                 name: "docker",
                 version: "20.10".into(),
                 rootless: true,
+                ..Default::default()
             })),
             taken_ports: Vec::new(),
             ephemeral: EphemeralPorts::parse("32768 60999", "").map(|r| (r, Vec::new())),
@@ -530,6 +561,7 @@ mod tests {
                         name: "docker",
                         version: "20.10".into(),
                         rootless: false,
+                        ..Default::default()
                     })),
                     ..good()
                 },
@@ -542,6 +574,39 @@ mod tests {
             assert_eq!(bad[0].severity, Severity::Warning);
             assert!(bad[0].detail.contains(hint), "{:?} lacks {hint:?}", bad[0]);
         }
+    }
+
+    #[test]
+    fn podman_with_pasta_is_told_what_netaccel_does_with_it() {
+        let with = |user_net: Option<&str>| {
+            let mut f = good();
+            f.engine = Some(Ok(EngineFacts {
+                name: "podman",
+                version: "5.2.0".into(),
+                rootless: true,
+                user_net: user_net.map(str::to_owned),
+            }));
+            evaluate(&f, true)
+                .into_iter()
+                .find(|x| x.check == "user-mode net")
+                .map(|x| x.detail)
+        };
+        let pasta = with(Some("pasta")).expect("advice for pasta");
+        assert!(
+            pasta.contains("169.254.1.1") && pasta.contains("gateway"),
+            "{pasta}"
+        );
+        assert!(with(Some("slirp4netns")).expect("advice").contains("Podman 6"));
+        assert!(with(None).is_some(), "Podman 4 names no stack");
+        let mut docker = good();
+        docker.engine = Some(Ok(EngineFacts {
+            name: "docker",
+            ..Default::default()
+        }));
+        assert!(evaluate(&docker, true).iter().all(|x| x.check != "user-mode net"));
+        assert!(evaluate(&good(), false)
+            .iter()
+            .all(|x| x.check != "user-mode net"));
     }
 
     #[test]

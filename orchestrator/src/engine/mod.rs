@@ -81,6 +81,9 @@ pub struct EngineInfo {
     pub accel: AccelMethod,
     /// Why this engine cannot build the node image, with the fix.
     pub build_blocker: Option<String>,
+    /// The rootless network stack the engine names (Podman ≥ 5:
+    /// `host.rootlessNetworkCmd`, "pasta" or "slirp4netns").
+    pub user_net: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -195,6 +195,7 @@ impl CliEngine {
             runtimes,
             accel: version.accel,
             build_blocker: version.build_blocker.clone(),
+            user_net: v["host"]["rootlessNetworkCmd"].as_str().map(str::to_owned),
         })
     }
 
