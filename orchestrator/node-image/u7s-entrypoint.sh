@@ -35,4 +35,16 @@ if [ -f /etc/u7s/hosts ]; then
 	done </etc/u7s/hosts
 fi
 
+# VXLAN checksums (see /etc/udev/rules.d/90-u7s-flannel.rules): computed
+# in software on flannel.1 when the node runs in a user namespace (a
+# rootless engine), unless U7S_VXLAN_TX_CHECKSUM_OFFLOAD=1 keeps the offload.
+marker="${U7S_VXLAN_MARKER:-/run/u7s-vxlan-sw-checksum}"
+initial_userns="$(cat "${U7S_UID_MAP:-/proc/self/uid_map}" | tr -s ' ' | sed 's/^ //')"
+if [ "${U7S_VXLAN_TX_CHECKSUM_OFFLOAD:-0}" != 1 ] && [ "$initial_userns" != "0 0 4294967295" ]; then
+	mkdir -p "$(dirname "$marker")"
+	touch "$marker"
+else
+	rm -f "$marker"
+fi
+
 exec "$@"

@@ -17,6 +17,7 @@ pub const DEFAULT_BASE_IMAGE: &str =
     "docker.io/kindest/node:v1.35.0@sha256:452d707d4862f52530247495d180205e029056831160e22870e37e3f6c1ac31f";
 const DOCKERFILE: &[u8] = include_bytes!("../node-image/Dockerfile");
 const ENTRYPOINT: &[u8] = include_bytes!("../node-image/u7s-entrypoint.sh");
+const FLANNEL_UDEV_RULE: &[u8] = include_bytes!("../node-image/90-u7s-flannel.rules");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -53,6 +54,11 @@ pub fn shipped_context() -> Vec<ContextFile> {
             path: "u7s-entrypoint.sh".into(),
             mode: 0o755,
             content: ENTRYPOINT.to_vec(),
+        },
+        ContextFile {
+            path: "90-u7s-flannel.rules".into(),
+            mode: 0o644,
+            content: FLANNEL_UDEV_RULE.to_vec(),
         },
     ]
 }
@@ -158,17 +164,110 @@ mod tests {
     /// on a kubelet defaults file of our own.
     fn run_entrypoint(defaults: &std::path::Path, host_ip: &str) -> String {
         let dir = tempfile::tempdir().expect("dir");
+        run_entrypoint_with(defaults, host_ip, &[("U7S_VXLAN_MARKER", &dir.path().join("m"))]);
+        std::fs::read_to_string(defaults).expect("defaults written")
+    }
+
+    fn run_entrypoint_with(defaults: &std::path::Path, host_ip: &str, env: &[(&str, &std::path::Path)]) {
+        let dir = tempfile::tempdir().expect("dir");
         let script = dir.path().join("u7s-entrypoint.sh");
         std::fs::write(&script, ENTRYPOINT).expect("write");
-        let status = std::process::Command::new("sh")
-            .arg(&script)
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg(&script)
             .arg("true")
             .env("U7S_HOST_IP", host_ip)
-            .env("U7S_KUBELET_DEFAULTS", defaults)
-            .status()
-            .expect("sh runs");
+            .env("U7S_KUBELET_DEFAULTS", defaults);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let status = cmd.status().expect("sh runs");
         assert!(status.success(), "entrypoint failed: {status}");
-        std::fs::read_to_string(defaults).expect("defaults written")
+    }
+
+    #[test]
+    fn a_rootless_node_computes_vxlan_checksums_in_software() {
+        let dir = tempfile::tempdir().expect("dir");
+        let defaults = dir.path().join("kubelet");
+        let marker = dir.path().join("run/u7s-vxlan-sw-checksum");
+        let map = dir.path().join("uid_map");
+        let with_map = |uid_map: &str, offload: Option<&str>| -> bool {
+            std::fs::write(&map, uid_map).expect("write");
+            let off = dir.path().join(offload.unwrap_or("unset"));
+            let mut env: Vec<(&str, &std::path::Path)> =
+                vec![("U7S_VXLAN_MARKER", &marker), ("U7S_UID_MAP", &map)];
+            if offload.is_some() {
+                std::fs::write(&off, "").expect("write");
+                env.push(("U7S_VXLAN_TX_CHECKSUM_OFFLOAD", Path::new("1")));
+            }
+            run_entrypoint_with(&defaults, "10.0.0.5", &env);
+            marker.exists()
+        };
+        // A rootless engine's user namespace (what /proc/self/uid_map shows in its node).
+        assert!(with_map(
+            "         0       1000          1\n         1     100000      65536\n",
+            None
+        ));
+        assert!(
+            !with_map("         0          0 4294967295\n", None),
+            "a rootful node keeps the offload"
+        );
+        assert!(
+            !with_map("         0       1000          1\n", Some("x")),
+            "U7S_VXLAN_TX_CHECKSUM_OFFLOAD=1 keeps it"
+        );
+        // The rule acts on that marker, on flannel.1, with ethtool (installed in the image).
+        let rule = String::from_utf8_lossy(FLANNEL_UDEV_RULE);
+        let line = rule.lines().find(|l| !l.starts_with('#')).expect("a rule");
+        assert!(line.contains(r#"ENV{INTERFACE}=="flannel.1""#), "{line}");
+        assert!(line.contains("test ! -e /run/u7s-vxlan-sw-checksum"), "{line}");
+        assert!(
+            line.contains("ethtool -K flannel.1 tx-checksum-ip-generic off"),
+            "{line}"
+        );
+        let dockerfile = String::from_utf8_lossy(DOCKERFILE);
+        assert!(
+            dockerfile.contains("COPY 90-u7s-flannel.rules /etc/udev/rules.d/"),
+            "{dockerfile}"
+        );
+        assert!(dockerfile.contains(" ethtool"), "ethtool is installed");
+    }
+
+    #[test]
+    fn every_download_of_the_node_image_is_checked_and_the_versions_are_current() {
+        let dockerfile = String::from_utf8_lossy(DOCKERFILE);
+        for (arg, value) in [
+            ("CNI_PLUGINS_VERSION", "v1.9.0"),
+            ("HELM_VERSION", "v4.0.4"),
+            ("FLANNEL_VERSION", "v0.27.4"),
+        ] {
+            assert!(dockerfile.contains(&format!("ARG {arg}={value}\n")), "{arg}");
+        }
+        // The sums Usernetes gen2-v20251218.0 pins for these releases.
+        for (arg, sum) in [
+            (
+                "HELM_SHA256_AMD64",
+                "29454bc351f4433e66c00f5d37841627cbbcc02e4c70a6d796529d355237671c",
+            ),
+            (
+                "HELM_SHA256_ARM64",
+                "16b88acc6503d646b7537a298e7389bef469c5cc9ebadf727547abe9f6a35903",
+            ),
+            (
+                "FLANNEL_CHART_SHA256",
+                "c1f3c87436192459c1e1bfd23f96a605892f974e47f87324e360a4f43a4268e1",
+            ),
+        ] {
+            assert!(dockerfile.contains(&format!("ARG {arg}={sum}\n")), "{arg}");
+        }
+        // Each fetched file is checked before use: as many checks as downloads
+        // (the CNI release's own checksum file counts as the CNI tarball's check).
+        let fetched =
+            dockerfile.matches("curl -fsSLo \"$f\"").count() + dockerfile.matches("/flannel.tgz \\").count();
+        let checks = dockerfile.matches("sha256sum -c").count();
+        assert_eq!(fetched, 3, "{dockerfile}");
+        assert_eq!(checks, 3, "{dockerfile}");
+        assert!(dockerfile
+            .contains(r#"echo "$FLANNEL_CHART_SHA256  /usr/local/share/u7s/flannel.tgz" | sha256sum -c -"#));
     }
 
     #[test]
