@@ -315,15 +315,21 @@ impl<'a> Container<'a> {
                 .with_context(|| format!("starting {:?}", config.net))?,
         );
         let route = format!("/proc/{}/net/route", container.pid);
+        // A container started at once waits for the route itself, then may
+        // run its command and exit before this poll looks (a busy machine
+        // need not wake us every 20 ms): its exit file, written only after
+        // it saw the route, says the route was there.
+        let exit_file = bundle.join("out/exit");
         wait_for(
             "the user-mode network to configure a default route",
             Duration::from_secs(10),
             || {
-                std::fs::read_to_string(&route).ok().filter(|r| {
+                let routed = std::fs::read_to_string(&route).ok().is_some_and(|r| {
                     r.lines()
                         .skip(1)
                         .any(|l| l.split('\t').nth(1) == Some("00000000"))
-                })
+                });
+                (routed || (config.launch == Launch::Run && exit_file.exists())).then_some(())
             },
         )
         .with_context(|| {
@@ -332,7 +338,13 @@ impl<'a> Container<'a> {
                 .user_net
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten());
-            format!("{:?} (exited: {exited:?}) said: {}", config.net, log.trim())
+            let alive = std::path::Path::new(&format!("/proc/{}", container.pid)).exists();
+            format!(
+                "{:?} (exited: {exited:?}; container pid {} alive: {alive}) said: {}",
+                config.net,
+                container.pid,
+                log.trim()
+            )
         })?;
         if api.is_some() {
             for f in &config.forwards {
@@ -365,7 +377,7 @@ impl<'a> Container<'a> {
     }
 
     /// Waits until the container's process exits and returns its output.
-    pub fn wait(self, timeout: Duration) -> Result<RunOutput> {
+    pub fn wait(mut self, timeout: Duration) -> Result<RunOutput> {
         let pidfd = rustix::process::pidfd_open(
             rustix::process::Pid::from_raw(self.pid as i32).context("bad pid")?,
             rustix::process::PidfdFlags::empty(),
@@ -380,6 +392,14 @@ impl<'a> Container<'a> {
                 self.id,
                 std::fs::read_to_string(self.bundle.join("stderr")).unwrap_or_default()
             );
+        }
+        // `runc run` gives the container pipes and copies them to its own
+        // stdout and stderr: the output is complete only once it exited,
+        // which can be well after the container's process on a busy machine.
+        if let Some(run) = self.run.as_mut() {
+            wait_for("runc run to exit after its container", timeout, || {
+                run.try_wait().ok().flatten()
+            })?;
         }
         let read = |name: &str| std::fs::read_to_string(self.bundle.join(name)).unwrap_or_default();
         Ok(RunOutput {
