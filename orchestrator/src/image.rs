@@ -242,7 +242,8 @@ mod tests {
         ] {
             assert!(dockerfile.contains(&format!("ARG {arg}={value}\n")), "{arg}");
         }
-        // The sums Usernetes gen2-v20251218.0 pins for these releases.
+        // Helm and Flannel: the sums Usernetes gen2-v20251218.0 pins; CNI: the
+        // release's .sha256 files.
         for (arg, sum) in [
             (
                 "HELM_SHA256_AMD64",
@@ -256,18 +257,56 @@ mod tests {
                 "FLANNEL_CHART_SHA256",
                 "c1f3c87436192459c1e1bfd23f96a605892f974e47f87324e360a4f43a4268e1",
             ),
+            (
+                "CNI_PLUGINS_SHA256_AMD64",
+                "58c03705426e929658f45a851df15a86d06ef680cacbf3f2dc127731ca265c28",
+            ),
+            (
+                "CNI_PLUGINS_SHA256_ARM64",
+                "2596ef56329dd1269026f46b8df262f09ba43c92dbfb940e1e69fbccccd30a29",
+            ),
         ] {
             assert!(dockerfile.contains(&format!("ARG {arg}={sum}\n")), "{arg}");
         }
-        // Each fetched file is checked before use: as many checks as downloads
-        // (the CNI release's own checksum file counts as the CNI tarball's check).
-        let fetched =
-            dockerfile.matches("curl -fsSLo \"$f\"").count() + dockerfile.matches("/flannel.tgz \\").count();
-        let checks = dockerfile.matches("sha256sum -c").count();
+        // Each fetched file is checked before use against a sum kept in the
+        // Dockerfile: as many `curl`s as `echo "$SUM  file" | sha256sum -c -`,
+        // each naming a pinned ARG, and no checksum file fetched from the
+        // site the download comes from.
+        let fetched = dockerfile.matches("curl -fsSLo").count();
+        let pinned: Vec<&str> = dockerfile
+            .lines()
+            .filter_map(|l| l.strip_prefix("ARG ")?.split_once('='))
+            .filter(|(_, v)| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(|(name, _)| name)
+            .collect();
+        // `sum` is picked per architecture from the pinned ARGs.
+        let picks: Vec<&str> = dockerfile
+            .split(" sum=\"$")
+            .skip(1)
+            .map(|rest| rest.split('"').next().unwrap_or_default())
+            .collect();
+        assert_eq!(picks.len(), 4, "amd64 and arm64 for Helm and CNI: {dockerfile}");
+        assert!(picks.iter().all(|p| pinned.contains(p)), "{picks:?} ⊄ {pinned:?}");
+        let checks: Vec<&str> = dockerfile.lines().filter(|l| l.contains("sha256sum")).collect();
         assert_eq!(fetched, 3, "{dockerfile}");
-        assert_eq!(checks, 3, "{dockerfile}");
-        assert!(dockerfile
-            .contains(r#"echo "$FLANNEL_CHART_SHA256  /usr/local/share/u7s/flannel.tgz" | sha256sum -c -"#));
+        assert_eq!(checks.len(), fetched, "{dockerfile}");
+        for check in checks {
+            let var = check
+                .trim()
+                .strip_prefix("echo \"$")
+                .filter(|rest| rest.contains("| sha256sum -c -"))
+                .and_then(|rest| rest.split(' ').next())
+                .unwrap_or_else(|| panic!("{check}: not `echo \"$SUM  file\" | sha256sum -c -`"));
+            assert!(var == "sum" || pinned.contains(&var), "{check}: not a pinned sum");
+        }
+        assert!(
+            !dockerfile.contains(".sha256\""),
+            "no checksum file is fetched: {dockerfile}"
+        );
+        assert!(
+            !dockerfile.contains("sha256sum -c \"$f"),
+            "no checksum file is trusted: {dockerfile}"
+        );
     }
 
     #[test]
