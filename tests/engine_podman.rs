@@ -4,25 +4,8 @@
 //! cgroupfs manager; its containers reach a peer-host server through the
 //! bypass, data intact.
 
-use rootless_lab::docker::busybox_rootfs_tar;
-use rootless_lab::{run, workspace_bin, DaemonProcess, Lab, PeerHost};
-
-/// Rootless Podman leaves a pause process holding its user namespace; it
-/// belongs to this lab and goes with it.
-struct PauseProcess(std::path::PathBuf);
-
-impl Drop for PauseProcess {
-    fn drop(&mut self) {
-        let pid = std::fs::read_to_string(&self.0)
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok());
-        if let Some(pid) = pid.filter(|p| *p > 1) {
-            // SAFETY: signals the pause process whose pid Podman recorded for
-            // this lab's runtime dir.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
-}
+use rootless_lab::podman::RootlessPodman;
+use rootless_lab::{workspace_bin, DaemonProcess, Lab, PeerHost};
 
 #[test]
 fn rootless_podman_runs_through_the_wrapper() {
@@ -33,32 +16,16 @@ fn rootless_podman_runs_through_the_wrapper() {
     let d = DaemonProcess::start(&lab, &workspace_bin("netaccel").expect("netaccel"), &[]).expect("daemon");
     let wrapper = lab.bin_dir().join("netaccel-runc");
     std::os::unix::fs::symlink(lab.bin_dir().join("netaccel"), &wrapper).expect("wrapper link");
-    let _pause = PauseProcess(lab.runtime_dir().join("libpod/tmp/pause.pid"));
-    let store = lab.path().join("podman");
-    std::fs::create_dir(&store).expect("store");
-    lab.chown(&store).expect("chown");
-    let podman = || {
-        let mut cmd = lab.user_command("podman");
-        cmd.args([
-            "--cgroup-manager=cgroupfs",
-            "--events-backend=file",
-            "--storage-driver=vfs",
-            "--root",
-        ])
-        .arg(store.join("root"))
-        .arg("--runroot")
-        .arg(lab.runtime_dir().join("podman"));
-        cmd
-    };
-    let tar = busybox_rootfs_tar(&lab).expect("rootfs");
-    run(podman().arg("import").arg(&tar).arg("lab/busybox:1")).expect("podman import");
+    let podman = RootlessPodman::configure(&lab, &[]).expect("podman configuration");
+    podman.import_busybox("lab/busybox:1").expect("podman import");
 
     let (_server, httpd, expected) = peer
         .http_blob(&lab.path().join("www"), 7802, 1_500_000)
         .expect("httpd in the peer");
 
     let script = format!("wget -q -O - http://{httpd}/blob | sha256sum");
-    let out = podman()
+    let out = podman
+        .cli()
         .arg("--runtime")
         .arg(&wrapper)
         .args(["run", "--rm", "lab/busybox:1", "sh", "-c", &script])

@@ -6,191 +6,36 @@
 //! tenants side by side, the same flow through the CLI driver (nerdctl's,
 //! run with the docker CLI), and `--accel`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
-use rootless_lab::docker::{RootlessDocker, DOCKER_CLI};
+use std::process::Stdio;
 use std::time::Duration;
 
+use rootless_lab::docker::{RootlessDocker, DOCKER_CLI};
+use rootless_lab::u7s::{
+    assert_node_shape, env_of, first_inspected, port_is_held_tcp, port_is_held_udp, U7s, BASE, HOST_IP,
+};
 use rootless_lab::{output_text, wait_for, workspace_bin, Lab, PeerHost};
 use serde_json::Value;
-
-const BASE: &str = "lab/busybox:1";
-/// An address for HOST_IP that no real host uses (TEST-NET-1).
-const HOST_IP: &str = "192.0.2.10";
-
-struct U7s<'a> {
-    lab: &'a Lab,
-    bin: PathBuf,
-    docker_host: String,
-    context: PathBuf,
-    work: PathBuf,
-}
-
-impl U7s<'_> {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = self.lab.user_command(&self.bin);
-        cmd.env("DOCKER_HOST", &self.docker_host)
-            .env("HOST_IP", HOST_IP)
-            .env("U7S_NODE_IMAGE_DIR", &self.context)
-            .env("U7S_NETACCEL", self.lab.bin_dir().join("netaccel"))
-            .current_dir(&self.work)
-            .args(args)
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = self.command(args);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.output().expect("run u7s")
-    }
-
-    /// Runs and requires success; returns stdout and stderr together.
-    fn ok(&self, args: &[&str], env: &[(&str, &str)]) -> String {
-        let o = self.run(args, env);
-        let t = output_text(&o);
-        assert!(o.status.success(), "u7s {args:?} failed: {t}");
-        assert!(!t.contains("panicked"), "{t}");
-        t
-    }
-}
-
-/// The node's own service: like kubelet under the node's init, it runs as
-/// a descendant of the container's first process. It fetches the URL put
-/// into /tmp/fetch and writes the data's sha256 to /tmp/fetched.
-const FETCH_LOOP: &str = "while :; do if [ -f /tmp/fetch ]; then wget -q -O - $(cat /tmp/fetch) | sha256sum > /tmp/fetched.part; mv /tmp/fetched.part /tmp/fetched; rm /tmp/fetch; fi; sleep 1; done";
-
-/// A node image context: the busybox rootfs with every applet linked, and
-/// the entrypoint u7s ships for the real node image.
-fn node_context(lab: &Lab) -> PathBuf {
-    let dir = lab.path().join("node-context");
-    std::fs::create_dir_all(&dir).expect("context dir");
-    let entrypoint =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../orchestrator/node-image/u7s-entrypoint.sh");
-    std::fs::copy(&entrypoint, dir.join("u7s-entrypoint.sh")).expect("copy entrypoint");
-    std::fs::write(
-        dir.join("Dockerfile"),
-        format!(
-            "FROM {BASE}\n\
-             RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox mkdir -p /usr/bin /usr/local/bin && /bin/busybox --install -s /usr/bin\"]\n\
-             COPY u7s-entrypoint.sh /usr/local/bin/u7s-entrypoint.sh\n\
-             ENTRYPOINT [\"/usr/local/bin/u7s-entrypoint.sh\"]\n\
-             CMD [\"sh\", \"-c\", \"echo u7s-test-node up; {FETCH_LOOP}\"]\n"
-        ),
-    )
-    .expect("Dockerfile");
-    for p in [dir.clone(), dir.join("Dockerfile"), dir.join("u7s-entrypoint.sh")] {
-        lab.chown(&p).expect("chown");
-    }
-    dir
-}
 
 /// The base image imported, a work directory and `u7s` for the lab user.
 fn setup<'a>(lab: &'a Lab, docker: &RootlessDocker) -> U7s<'a> {
     docker
         .import_busybox(BASE)
         .expect("base image from a local rootfs");
-    let work = lab.path().join("cluster");
-    std::fs::create_dir_all(&work).expect("work dir");
-    lab.chown(&work).expect("chown");
-    U7s {
+    U7s::new(
         lab,
-        bin: lab
-            .install_bin(&workspace_bin("u7s").expect("u7s binary"))
-            .expect("install"),
-        docker_host: format!("unix://{}", lab.runtime_dir().join("docker.sock").display()),
-        context: node_context(lab),
-        work,
-    }
+        &[(
+            "DOCKER_HOST",
+            format!("unix://{}", lab.runtime_dir().join("docker.sock").display()),
+        )],
+    )
 }
 
 fn inspect(docker: &RootlessDocker, name: &str) -> Option<Value> {
-    let o = docker
-        .docker(&["inspect", "--type", "container", name])
-        .expect("docker inspect");
-    if !o.status.success() {
-        return None;
-    }
-    let v: Value = serde_json::from_slice(&o.stdout).expect("inspect JSON");
-    Some(v[0].clone())
-}
-
-/// The container's environment, `KEY=VALUE` each.
-fn env_of(c: &Value) -> Vec<&str> {
-    c["Config"]["Env"]
-        .as_array()
-        .map(|e| e.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default()
-}
-
-/// The node as the engine sees it matches the design.
-fn assert_node_shape(c: &Value, node_name: &str, ports: [u16; 4], work: &Path) {
-    let hc = &c["HostConfig"];
-    assert_eq!(hc["Privileged"], true, "{hc}");
-    assert_eq!(c["Config"]["Hostname"], node_name);
-    assert_eq!(hc["RestartPolicy"]["Name"], "always");
-    assert_eq!(hc["Sysctls"]["net.ipv4.ip_forward"], "1", "{hc}");
-    let [etcd, api, kubelet, flannel] = ports;
-    for (key, port) in [
-        (format!("{etcd}/tcp"), etcd),
-        (format!("{api}/tcp"), api),
-        (format!("{kubelet}/tcp"), kubelet),
-        (format!("{flannel}/udp"), flannel),
-    ] {
-        assert_eq!(
-            hc["PortBindings"][&key][0]["HostPort"],
-            port.to_string(),
-            "{key} in {}",
-            hc["PortBindings"]
-        );
-    }
-    let tmpfs: Vec<&str> = hc["Tmpfs"]
-        .as_object()
-        .map(|m| m.keys().map(String::as_str).collect())
-        .unwrap_or_default();
-    assert!(tmpfs.contains(&"/run") && tmpfs.contains(&"/tmp"), "{hc}");
-    let mounts = c["Mounts"].as_array().expect("mounts");
-    let find = |dst: &str| {
-        mounts
-            .iter()
-            .find(|m| m["Destination"] == dst)
-            .unwrap_or_else(|| panic!("no mount at {dst}: {mounts:?}"))
-    };
-    for dst in ["/var", "/opt", "/etc"] {
-        assert_eq!(find(dst)["Type"], "volume", "{dst}");
-    }
-    let project = find("/u7s");
-    assert_eq!(project["Type"], "bind");
-    assert_eq!(project["RW"], false);
-    assert_eq!(project["Source"], work.display().to_string());
-    // Bound read-only where the host has them (this VM has no /lib/modules).
-    for host_dir in ["/lib/modules", "/boot"] {
-        if Path::new(host_dir).exists() {
-            assert_eq!(find(host_dir)["RW"], false, "{host_dir}");
-        } else {
-            assert!(mounts.iter().all(|m| m["Destination"] != host_dir), "{host_dir}");
-        }
-    }
-    let env = env_of(c);
-    assert!(
-        env.contains(&format!("U7S_HOST_IP={HOST_IP}").as_str()),
-        "{env:?}"
-    );
-    let networks = c["NetworkSettings"]["Networks"].as_object().expect("networks");
-    let (_, net) = networks.iter().next().expect("one network");
-    let ip = net["IPAddress"].as_str().expect("ip");
-    assert!(ip.ends_with(".100"), "node IP {ip}");
-}
-
-fn port_is_held_tcp(port: u16) -> bool {
-    std::net::TcpListener::bind(("0.0.0.0", port)).is_err()
-}
-
-fn port_is_held_udp(port: u16) -> bool {
-    std::net::UdpSocket::bind(("0.0.0.0", port)).is_err()
+    first_inspected(
+        &docker
+            .docker(&["inspect", "--type", "container", name])
+            .expect("docker inspect"),
+    )
 }
 
 #[test]
@@ -509,13 +354,7 @@ fn u7s_up_accel_puts_the_node_on_the_fast_path() {
     assert!(got.contains(&expected), "{got}");
     let st = u.ok(&["--tenant", "4", "status"], &[]);
     assert!(st.contains("fast path:  on (runtime netaccel)"), "{st}");
-    let bypassed: u64 = st
-        .lines()
-        .find_map(|l| l.split(" container(s), ").nth(1))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no bypass count in: {st}"));
-    assert!(bypassed >= 1, "{st}");
+    assert!(u.bypassed(&["--tenant", "4", "status"]) >= 1, "{st}");
 
     // Switching the fast path needs a new container; u7s says so.
     let o = u.run(&["--tenant", "4", "up"], &[]);

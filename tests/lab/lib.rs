@@ -12,8 +12,10 @@ pub mod daemon;
 pub mod docker;
 pub mod lan;
 pub mod peer;
+pub mod podman;
 pub mod prereq;
 pub mod seccomp;
+pub mod u7s;
 pub mod user;
 
 use std::os::unix::fs::PermissionsExt;

@@ -20,7 +20,7 @@ use futures::StreamExt;
 use ipnet::Ipv4Net;
 use tokio::io::AsyncWriteExt;
 
-use super::{context_tar, AccelMethod, ContainerInfo, ContextFile, EngineError, EngineInfo};
+use super::{context_tar, podman, AccelMethod, ContainerInfo, ContextFile, EngineError, EngineInfo};
 use crate::config::EngineKind;
 use crate::kubeadm::ExecOutput;
 use crate::node::{NodeSpec, PROJECT_LABEL};
@@ -79,18 +79,27 @@ impl ApiEngine {
 
     pub async fn info(&self) -> Result<EngineInfo, EngineError> {
         let info = self.docker.info().await.map_err(|e| self.err("info", e))?;
-        let rootless = info
+        let mut rootless = info
             .security_options
             .unwrap_or_default()
             .iter()
             .any(|o| o.contains("name=rootless"));
         let mut runtimes: Vec<String> = info.runtimes.unwrap_or_default().into_keys().collect();
         runtimes.sort();
+        let (mut components, mut user_net) = (Vec::new(), None);
+        if self.kind == EngineKind::Podman {
+            let libpod = podman::info(&self.socket).await?;
+            rootless = libpod.rootless;
+            components = libpod.components;
+            user_net = libpod.user_net;
+        }
         Ok(EngineInfo {
             version: info.server_version.unwrap_or_default(),
+            components,
             rootless,
             runtimes,
             accel: AccelMethod::Runtime,
+            user_net,
             ..Default::default()
         })
     }
@@ -223,16 +232,25 @@ impl ApiEngine {
         };
         let state = c.state.unwrap_or_default();
         let config = c.config.unwrap_or_default();
+        let runtime = if self.kind == EngineKind::Podman {
+            // The compatible inspect says "oci" for every runtime.
+            podman::oci_runtime(&self.socket, name).await?.unwrap_or_default()
+        } else {
+            c.host_config.and_then(|h| h.runtime).unwrap_or_default()
+        };
         Ok(Some(ContainerInfo {
             running: state.running.unwrap_or(false),
             status: state.status.map(|s| s.to_string()).unwrap_or_default(),
             image: config.image.unwrap_or_default(),
-            runtime: c.host_config.and_then(|h| h.runtime).unwrap_or_default(),
+            runtime,
             labels: config.labels.unwrap_or_default().into_iter().collect(),
         }))
     }
 
     pub async fn create_container(&self, spec: &NodeSpec) -> Result<(), EngineError> {
+        if let (EngineKind::Podman, Some(accel)) = (self.kind, &spec.accel) {
+            return self.create_podman_on_runtime(spec, &accel.runtime).await;
+        }
         let body = create_body(spec);
         let options = CreateContainerOptionsBuilder::new().name(&spec.container).build();
         self.docker
@@ -240,6 +258,30 @@ impl ApiEngine {
             .await
             .map(drop)
             .map_err(|e| self.err(&format!("creating container {}", spec.container), e))
+    }
+
+    /// Podman's API cannot pick the runtime (see [`podman`]): its CLI
+    /// creates the node, and the runtime it got is checked.
+    async fn create_podman_on_runtime(&self, spec: &NodeSpec, runtime: &str) -> Result<(), EngineError> {
+        podman::create_with_runtime(spec, runtime).await?;
+        match podman::oci_runtime(&self.socket, &spec.container).await? {
+            Some(got) if got == runtime => Ok(()),
+            got => {
+                let _ = self.remove_container(&spec.container).await;
+                Err(EngineError::Unexpected {
+                    what: format!("creating {} on the runtime {runtime}", spec.container),
+                    detail: match got {
+                        Some(got) => format!(
+                            "the podman CLI made it with runtime {got:?} (removed again). Is podman in remote mode (CONTAINER_HOST, --remote)? Only a local podman can choose the runtime"
+                        ),
+                        None => format!(
+                            "the podman CLI created it, but {} does not know it: the CLI and the API socket use different storage (CONTAINER_HOST, another user's socket?)",
+                            self.endpoint()
+                        ),
+                    },
+                })
+            }
+        }
     }
 
     pub async fn start_container(&self, name: &str) -> Result<(), EngineError> {

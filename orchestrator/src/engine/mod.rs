@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod podman;
 mod terminal;
 
 use std::collections::BTreeMap;
