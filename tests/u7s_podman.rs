@@ -200,6 +200,18 @@ fn u7s_up_accel_on_podman_runs_the_node_on_the_wrapper() {
         !o.status.success() && text.contains("remote mode") && !text.contains("panicked"),
         "{text}"
     );
+    assert!(
+        !text.contains("creating"),
+        "refused before anything is made: {text}"
+    );
+    let doctor = output_text(&u.run(
+        &args(&["doctor", "--accel"]),
+        &[("CONTAINER_HOST", remote.as_str())],
+    ));
+    assert!(
+        doctor.contains("[FAIL] accel runtime") && doctor.contains("remote mode"),
+        "doctor says the same: {doctor}"
+    );
     assert!(inspect(&podman, "u7s-t4-node").is_none(), "{text}");
     let nets = podman
         .podman(&["network", "ls", "--format", "{{.Name}}"])

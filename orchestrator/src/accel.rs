@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net};
 
-use crate::config::EngineKind;
-use crate::engine::{AccelMethod, EngineInfo};
+use crate::engine::EngineInfo;
+use crate::engine::EngineKind;
 
 /// The engine's name for the wrapper runtime (`U7S_ACCEL_RUNTIME` overrides).
 pub const DEFAULT_RUNTIME_NAME: &str = "netaccel";
@@ -84,7 +84,7 @@ pub fn uncovered(needed: &[Ipv4Net], have: &[IpNet]) -> Vec<Ipv4Net> {
 /// Finds the daemon running, or starts `netaccel daemon` in the background
 /// (its own process group, output to a log file) and waits for its API.
 /// `daemon_ignore` must be ignored by the daemon itself (for engines that
-/// cannot hand a container's ignore list over, see [`AccelMethod`]); a
+/// cannot hand a container's ignore list over, see [`crate::engine::AccelMethod`]); a
 /// running daemon without them is refused with the fix. Returns the pid
 /// and whether it was started now.
 pub async fn ensure_daemon(daemon_ignore: &[Ipv4Net]) -> Result<(u32, bool), AccelError> {
@@ -166,23 +166,12 @@ async fn wait_ready(log: &Path, limit: Duration) -> Result<(), AccelError> {
 /// Checks the engine can run the node under the wrapper; the error shows
 /// the configuration to add.
 pub fn check_runtime(kind: EngineKind, info: &EngineInfo, name: &str) -> Result<(), AccelError> {
-    if info.accel != AccelMethod::Runtime || info.runtimes.iter().any(|r| r == name) {
+    if !info.accel.needs_runtime() || info.runtimes.iter().any(|r| r == name) {
         return Ok(());
     }
     let wrapper = find_netaccel()
         .and_then(|p| p.parent().map(|d| d.join("netaccel-runc")))
         .unwrap_or_else(|| PathBuf::from("/usr/local/bin/netaccel-runc"));
-    let fix = match kind {
-        EngineKind::Docker => format!(
-            "Link the wrapper (ln -s netaccel {w}), add {{\"runtimes\": {{\"{name}\": {{\"path\": \"{w}\"}}}}}} to ~/.config/docker/daemon.json, then restart the engine (systemctl --user restart docker)",
-            w = wrapper.display()
-        ),
-        EngineKind::Podman => format!(
-            "Link the wrapper (ln -s netaccel {w}) and add to ~/.config/containers/containers.conf: [engine.runtimes] {name} = [\"{w}\"]",
-            w = wrapper.display()
-        ),
-        EngineKind::Nerdctl => String::new(),
-    };
     Err(AccelError::NoRuntime {
         engine: kind.name(),
         name: name.to_owned(),
@@ -191,13 +180,14 @@ pub fn check_runtime(kind: EngineKind, info: &EngineInfo, name: &str) -> Result<
         } else {
             info.runtimes.join(", ")
         },
-        fix,
+        fix: kind.runtime_registration(name, &wrapper).unwrap_or_default(),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::AccelMethod;
 
     #[test]
     fn a_missing_runtime_explains_the_engine_configuration() {

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 use sha2::{Digest, Sha256};
 
+use crate::engine::EngineKind;
+
 /// Every key the config file and the environment may set.
 pub const KEYS: &[&str] = &[
     "CONTAINER_ENGINE",
@@ -61,34 +63,6 @@ pub enum ConfigError {
         a: u16,
         b: u16,
     },
-}
-
-/// The container engines u7s drives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EngineKind {
-    Docker,
-    Podman,
-    Nerdctl,
-}
-
-impl EngineKind {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "docker" => Some(Self::Docker),
-            "podman" => Some(Self::Podman),
-            "nerdctl" => Some(Self::Nerdctl),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Docker => "docker",
-            Self::Podman => "podman",
-            Self::Nerdctl => "nerdctl",
-        }
-    }
 }
 
 /// The node's published ports; each is the same number on the host and in

@@ -2,8 +2,6 @@
 
 use std::path::Path;
 
-use crate::hostnet::EphemeralPorts;
-
 /// How much a failed check matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
@@ -43,15 +41,6 @@ pub struct HostFacts {
     pub rp_filter_default: Option<u64>,
     /// The engine found, or why none was.
     pub engine: Option<Result<EngineFacts, String>>,
-    /// Published ports held by something else.
-    pub taken_ports: Vec<String>,
-    /// The kernel's ephemeral port range, and the published ports inside it.
-    pub ephemeral: Option<(EphemeralPorts, Vec<(&'static str, u16)>)>,
-    /// Whether the engine can build the node image, when u7s must build it
-    /// (`None`: a prebuilt image is configured, or no engine was found).
-    pub image_build: Option<Result<(), String>>,
-    /// Whether the engine knows the wrapper runtime (for `--accel`).
-    pub accel_runtime: Option<Result<(), String>>,
     /// Where the netaccel binary is.
     pub netaccel: Option<String>,
     /// The configuration could not be resolved.
@@ -157,13 +146,6 @@ const CONTROLLERS: &[&str] = &["cpu", "memory", "pids"];
 
 /// A check the engine answered: passed, and what to show (`ok`, or why
 /// not); `None` when the check was not made.
-fn answered(fact: &Option<Result<(), String>>, ok: &str) -> Option<(bool, String)> {
-    fact.as_ref().map(|r| match r {
-        Ok(()) => (true, ok.to_owned()),
-        Err(why) => (false, why.clone()),
-    })
-}
-
 pub fn evaluate(f: &HostFacts, accel: bool) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut push = |check, ok, severity, detail: String| {
@@ -307,39 +289,6 @@ pub fn evaluate(f: &HostFacts, accel: bool) -> Vec<Finding> {
             "net.ipv4.conf.default.rp_filter must be 0 or 2 for VXLAN between nodes: sysctl -w net.ipv4.conf.default.rp_filter=2 (and persist it in /etc/sysctl.d)".into()
         },
     );
-    if f.config_error.is_none() && f.engine.is_some() {
-        push(
-            "ports",
-            f.taken_ports.is_empty(),
-            Severity::Blocking,
-            if f.taken_ports.is_empty() {
-                "the node's ports are free (or held by its running node)".into()
-            } else {
-                format!(
-                    "in use: {}; use --tenant N or the PORT_* variables",
-                    f.taken_ports.join(", ")
-                )
-            },
-        );
-    }
-    if let Some((passed, detail)) = answered(&f.image_build, "the engine can build the node image") {
-        push("image build", passed, Severity::Blocking, detail);
-    }
-    if let Some((range, exposed)) = &f.ephemeral {
-        push(
-            "port range",
-            exposed.is_empty(),
-            Severity::Warning,
-            if exposed.is_empty() {
-                format!(
-                    "the node's ports lie outside the ephemeral range {}-{}",
-                    range.low, range.high
-                )
-            } else {
-                range.explain(exposed)
-            },
-        );
-    }
     if accel {
         push(
             "netaccel",
@@ -350,9 +299,6 @@ pub fn evaluate(f: &HostFacts, accel: bool) -> Vec<Finding> {
                     .into()
             }),
         );
-        if let Some((passed, detail)) = answered(&f.accel_runtime, "the engine knows the netaccel runtime") {
-            push("accel runtime", passed, Severity::Blocking, detail);
-        }
         if let Some(Ok(engine)) = &f.engine {
             if let Some(detail) = user_net_advice(engine) {
                 push("user-mode net", true, Severity::Warning, detail);
@@ -409,27 +355,9 @@ mod tests {
                 rootless: true,
                 ..Default::default()
             })),
-            taken_ports: Vec::new(),
-            ephemeral: EphemeralPorts::parse("32768 60999", "").map(|r| (r, Vec::new())),
-            image_build: Some(Ok(())),
-            accel_runtime: Some(Ok(())),
             netaccel: Some("/usr/local/bin/netaccel".into()),
             config_error: None,
         }
-    }
-
-    #[test]
-    fn an_engine_that_cannot_build_the_node_image_blocks_with_the_fix() {
-        let mut f = good();
-        f.image_build = Some(Err(
-            "nerdctl v1.7.7 builds images with BuildKit, and buildctl was not found: install BuildKit".into(),
-        ));
-        let found = evaluate(&f, false);
-        let build = found.iter().find(|x| x.check == "image build").expect("checked");
-        assert!(!build.ok && build.severity == Severity::Blocking, "{build:?}");
-        assert!(build.detail.contains("install BuildKit"), "{build:?}");
-        f.image_build = None;
-        assert!(!evaluate(&f, false).iter().any(|x| x.check == "image build"));
     }
 
     #[test]
@@ -488,24 +416,10 @@ mod tests {
             ),
             (
                 HostFacts {
-                    taken_ports: vec!["6443/tcp (PORT_KUBE_APISERVER)".into()],
-                    ..good()
-                },
-                "--tenant",
-            ),
-            (
-                HostFacts {
                     netaccel: None,
                     ..good()
                 },
                 "cargo build",
-            ),
-            (
-                HostFacts {
-                    accel_runtime: Some(Err("docker has no runtime named \"netaccel\"".into())),
-                    ..good()
-                },
-                "netaccel",
             ),
         ];
         for (facts, hint) in cases {
@@ -546,14 +460,6 @@ mod tests {
                     ..good()
                 },
                 "rp_filter=2",
-            ),
-            (
-                HostFacts {
-                    ephemeral: EphemeralPorts::parse("32768 60999", "")
-                        .map(|r| (r, vec![("PORT_KUBELET", 50250)])),
-                    ..good()
-                },
-                "ip_local_reserved_ports=50250",
             ),
             (
                 HostFacts {

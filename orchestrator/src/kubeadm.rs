@@ -9,6 +9,8 @@ use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 
 use crate::config::{Config, ImageSource, POD_CIDR, SERVICE_CIDR};
+use crate::engine::Engine;
+pub use crate::engine::ExecOutput;
 use crate::node::NODE_HOST_IP_LABEL;
 
 /// Where `kubeadm-init` writes its configuration in the node (/etc is a
@@ -24,20 +26,6 @@ const PUBLISHED_IP_ANNOTATION: &str = "flannel.alpha.coreos.com/public-ip";
 /// The label of Flannel's pods, in the chart and in kube-flannel.yml alike.
 const FLANNEL_POD_SELECTOR: &str = "app=flannel";
 const JOIN_HEADER: &str = "# u7s join-command";
-
-/// What a command run in the node printed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExecOutput {
-    pub code: i64,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-}
-
-impl ExecOutput {
-    pub fn stdout_text(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
@@ -73,6 +61,24 @@ pub enum StepError {
 pub trait NodeShell {
     /// Runs `argv`; with `live`, its output is also shown as it comes.
     fn exec(&self, argv: &[String], live: bool) -> impl Future<Output = Result<ExecOutput, StepError>>;
+}
+
+/// A node container of an engine, as the [`NodeShell`] the steps run in.
+pub struct Node<'a> {
+    pub engine: &'a Engine,
+    pub container: String,
+}
+
+impl NodeShell for Node<'_> {
+    async fn exec(&self, argv: &[String], live: bool) -> Result<ExecOutput, StepError> {
+        self.engine
+            .exec(&self.container, argv, live)
+            .await
+            .map_err(|e| StepError::Exec {
+                command: argv.join(" "),
+                detail: e.to_string(),
+            })
+    }
 }
 
 fn argv(parts: &[&str]) -> Vec<String> {

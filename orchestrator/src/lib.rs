@@ -7,7 +7,8 @@
 //! - [`kubeadm`]: the cluster steps run inside the node;
 //! - [`hostnet`]: host IP, host subnets, free ports;
 //! - [`accel`]: the netaccel daemon and wrapper runtime for `--accel`;
-//! - [`doctor`]: host prerequisites.
+//! - [`doctor`]: host prerequisites;
+//! - [`preflight`]: what `up` checks before creating the node (and `doctor` reports).
 
 pub mod accel;
 pub mod config;
@@ -17,3 +18,4 @@ pub mod hostnet;
 pub mod image;
 pub mod kubeadm;
 pub mod node;
+pub mod preflight;

@@ -20,9 +20,9 @@ use futures::StreamExt;
 use ipnet::Ipv4Net;
 use tokio::io::AsyncWriteExt;
 
+use super::EngineKind;
+use super::ExecOutput;
 use super::{context_tar, podman, AccelMethod, ContainerInfo, ContextFile, EngineError, EngineInfo};
-use crate::config::EngineKind;
-use crate::kubeadm::ExecOutput;
 use crate::node::{NodeSpec, PROJECT_LABEL};
 
 pub struct ApiEngine {

@@ -5,17 +5,17 @@
 
 pub mod api;
 pub mod cli;
+pub mod kind;
 pub mod podman;
 mod terminal;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ipnet::Ipv4Net;
 
-use crate::config::EngineKind;
-use crate::kubeadm::{ExecOutput, NodeShell, StepError};
 use crate::node::NodeSpec;
+pub use kind::{AccelMethod, Endpoint, EngineKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -43,30 +43,17 @@ pub enum EngineError {
     Context { source: std::io::Error },
 }
 
-/// How an engine puts a container on the fast path.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum AccelMethod {
-    /// The netaccel runtime wrapper, registered with the engine as a
-    /// runtime (Docker, Podman); the node's ignore ranges travel in its
-    /// environment.
-    #[default]
-    Runtime,
-    /// nerdctl 1.x: the label `nerdctl/bypass4netns=true`. nerdctl sends a
-    /// fixed ignore list to the bypass4netnsd API, so the node's ranges
-    /// must be the daemon's own (`netaccel daemon --ignore`).
-    NerdctlLabel,
-    /// nerdctl ≥ 2.0: the `nerdctl/bypass4netns*` annotations, ignore
-    /// ranges included.
-    NerdctlAnnotations,
+/// What a command run in the node printed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub code: i64,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
 }
 
-impl AccelMethod {
-    pub fn describe(self) -> &'static str {
-        match self {
-            AccelMethod::Runtime => "the netaccel runtime wrapper",
-            AccelMethod::NerdctlLabel => "nerdctl's bypass4netns label (nerdctl 1.x)",
-            AccelMethod::NerdctlAnnotations => "nerdctl's bypass4netns annotations (nerdctl >= 2.0)",
-        }
+impl ExecOutput {
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
     }
 }
 
@@ -149,77 +136,29 @@ pub enum Engine {
     Cli(cli::CliEngine),
 }
 
-/// Where an engine's API socket is expected, in the order tried.
-fn docker_sockets() -> Vec<PathBuf> {
-    let mut v = Vec::new();
-    if let Some(p) = std::env::var("DOCKER_HOST")
-        .ok()
-        .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
-    {
-        v.push(p);
-    }
-    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
-        v.push(Path::new(&d).join("docker.sock"));
-    }
-    v.push(PathBuf::from("/var/run/docker.sock"));
-    v
-}
-
-fn podman_sockets() -> Vec<PathBuf> {
-    let mut v = Vec::new();
-    if let Some(p) = std::env::var("CONTAINER_HOST")
-        .ok()
-        .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
-    {
-        v.push(p);
-    }
-    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
-        v.push(Path::new(&d).join("podman/podman.sock"));
-    }
-    v.push(PathBuf::from("/run/podman/podman.sock"));
-    v
-}
-
-/// The nerdctl executable: `U7S_NERDCTL`, else `nerdctl` on PATH.
-fn nerdctl_program() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("U7S_NERDCTL") {
-        return Some(PathBuf::from(p));
-    }
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join("nerdctl"))
-            .find(|p| p.is_file())
-    })
-}
-
 impl Engine {
     /// Connects to `kind`, or detects one: rootless Docker, then nerdctl,
     /// then Podman (the original's order).
     pub async fn connect(kind: Option<EngineKind>) -> Result<Self, EngineError> {
         let order = match kind {
             Some(k) => vec![k],
-            None => vec![EngineKind::Docker, EngineKind::Nerdctl, EngineKind::Podman],
+            None => EngineKind::DETECTION_ORDER.to_vec(),
         };
         let mut tried = Vec::new();
         for k in order {
-            match k {
-                EngineKind::Docker | EngineKind::Podman => {
-                    let sockets = if k == EngineKind::Docker {
-                        docker_sockets()
-                    } else {
-                        podman_sockets()
-                    };
-                    for s in sockets {
-                        match api::ApiEngine::connect(k, &s).await {
-                            Ok(e) => return Ok(Engine::Api(e)),
-                            Err(e) => tried.push(format!("{} ({e})", s.display())),
+            match k.endpoints() {
+                Ok(endpoints) => {
+                    for e in endpoints {
+                        match e {
+                            Endpoint::Socket(s) => match api::ApiEngine::connect(k, &s).await {
+                                Ok(e) => return Ok(Engine::Api(e)),
+                                Err(e) => tried.push(format!("{} ({e})", s.display())),
+                            },
+                            Endpoint::Program(p) => return Ok(Engine::Cli(cli::CliEngine::new(k, p))),
                         }
                     }
                 }
-                EngineKind::Nerdctl => match nerdctl_program() {
-                    Some(p) => return Ok(Engine::Cli(cli::CliEngine::new(EngineKind::Nerdctl, p))),
-                    None => tried.push("nerdctl (not on PATH; U7S_NERDCTL unset)".into()),
-                },
+                Err(why) => tried.push(why),
             }
         }
         Err(EngineError::NoneFound {
@@ -365,24 +304,6 @@ impl Engine {
             Engine::Api(e) => e.logs(container, follow, tail).await,
             Engine::Cli(e) => e.logs(container, follow, tail).await,
         }
-    }
-}
-
-/// The node container as a [`NodeShell`] for the cluster steps.
-pub struct Node<'a> {
-    pub engine: &'a Engine,
-    pub container: String,
-}
-
-impl NodeShell for Node<'_> {
-    async fn exec(&self, argv: &[String], live: bool) -> Result<ExecOutput, StepError> {
-        self.engine
-            .exec(&self.container, argv, live)
-            .await
-            .map_err(|e| StepError::Exec {
-                command: argv.join(" "),
-                detail: e.to_string(),
-            })
     }
 }
 

@@ -114,14 +114,21 @@ pub async fn oci_runtime(socket: &Path, container: &str) -> Result<Option<String
 /// The podman executable for the one step the API cannot do: `U7S_PODMAN`,
 /// else `podman` on PATH.
 pub fn program() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("U7S_PODMAN") {
-        return Some(PathBuf::from(p));
-    }
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join("podman"))
-            .find(|p| p.is_file())
-    })
+    super::kind::program("U7S_PODMAN", "podman")
+}
+
+/// Why the podman CLI would work remotely (it then cannot choose a
+/// container's runtime), from the environment.
+pub fn remote_mode() -> Option<String> {
+    std::env::var_os("CONTAINER_HOST")
+        .filter(|h| !h.is_empty())
+        .map(|_| "CONTAINER_HOST is set".to_owned())
+}
+
+pub fn remote_refusal(why: &str) -> String {
+    format!(
+        "podman is in remote mode ({why}), and only a local podman can choose a container's runtime: unset CONTAINER_HOST (u7s finds the socket in XDG_RUNTIME_DIR), or run u7s on the engine's host without --remote"
+    )
 }
 
 /// `podman` arguments creating the node on the wrapper runtime: the
@@ -144,12 +151,10 @@ pub async fn create_with_runtime(spec: &NodeSpec, runtime: &str) -> Result<(), E
     })?;
     let remote = |why: &str| EngineError::Unexpected {
         what: "creating the node on the fast path".into(),
-        detail: format!(
-            "podman is in remote mode ({why}), and only a local podman can choose a container's runtime: unset CONTAINER_HOST (u7s finds the socket in XDG_RUNTIME_DIR), or run u7s on the engine's host without --remote"
-        ),
+        detail: remote_refusal(why),
     };
-    if std::env::var_os("CONTAINER_HOST").is_some_and(|h| !h.is_empty()) {
-        return Err(remote("CONTAINER_HOST is set"));
+    if let Some(why) = remote_mode() {
+        return Err(remote(&why));
     }
     let args = create_with_runtime_args(spec, runtime);
     let out = tokio::process::Command::new(&program)

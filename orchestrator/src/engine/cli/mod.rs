@@ -18,9 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::sync::OnceCell;
 
+use super::EngineKind;
+use super::ExecOutput;
 use super::{context_dir, ContainerInfo, ContextFile, EngineError, EngineInfo};
-use crate::config::EngineKind;
-use crate::kubeadm::ExecOutput;
 use crate::node::{NodeSpec, PROJECT_LABEL};
 use answers::CliVersion;
 pub use args::{build_cmd_args, create_args, exec_args, logs_args, network_create_args};
