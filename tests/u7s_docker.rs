@@ -6,7 +6,8 @@
 //! tenants side by side, the same flow through the CLI driver (nerdctl's,
 //! run with the docker CLI), and `--accel`.
 
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rootless_lab::docker::{RootlessDocker, DOCKER_CLI};
@@ -359,7 +360,9 @@ fn u7s_up_accel_puts_the_node_on_the_fast_path() {
     // Switching the fast path needs a new container; u7s says so.
     let o = u.run(&["--tenant", "4", "up"], &[]);
     assert!(
-        !o.status.success() && output_text(&o).contains("`u7s down` first"),
+        !o.status.success()
+            && output_text(&o).contains("it runs on the fast path")
+            && output_text(&o).contains("`u7s up --recreate`"),
         "{}",
         output_text(&o)
     );
@@ -393,4 +396,205 @@ fn u7s_up_accel_puts_the_node_on_the_fast_path() {
         .expect("pid");
     // SAFETY: signals the daemon u7s started for the lab user.
     unsafe { libc::kill(pid, libc::SIGTERM) };
+}
+
+/// A host directory for `--mount`: labnet and the C libraries it loads (the
+/// test node is busybox only), and a file to read.
+fn share_dir(lab: &Lab) -> PathBuf {
+    let share = lab.path().join("share");
+    std::fs::create_dir_all(&share).expect("share dir");
+    let labnet = workspace_bin("labnet").expect("labnet");
+    std::fs::copy(&labnet, share.join("labnet")).expect("copy labnet");
+    let ldd = Command::new("ldd").arg(&labnet).output().expect("ldd");
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
+        let path = line
+            .split("=>")
+            .last()
+            .and_then(|r| r.split_whitespace().next())
+            .filter(|p| p.starts_with('/'));
+        if let Some(path) = path {
+            let name = Path::new(path).file_name().expect("name");
+            let target = if name.to_string_lossy().starts_with("ld-linux") {
+                share.join("ld.so")
+            } else {
+                share.join(name)
+            };
+            std::fs::copy(path, target).expect("copy library");
+        }
+    }
+    std::fs::write(share.join("hello.txt"), "mounted from the host\n").expect("file");
+    for e in std::fs::read_dir(&share).expect("ls") {
+        lab.chown(&e.expect("entry").path()).expect("chown");
+    }
+    lab.chown(&share).expect("chown");
+    share
+}
+
+#[test]
+fn u7s_publishes_node_ports_and_mounts_host_paths() {
+    let test = "u7s_publishes_node_ports_and_mounts_host_paths";
+    let Some(lab) = Lab::with_docker_or_skip(test) else {
+        return;
+    };
+    let docker = RootlessDocker::start(&lab, &[]).expect("rootless dockerd");
+    let u = setup(&lab, &docker);
+    // The node's own ports, of this test only (the others run beside it).
+    let ports = "PORT_ETCD=21379\nPORT_KUBE_APISERVER=21443\nPORT_KUBELET=21250\nPORT_FLANNEL=21472\n";
+    let env_file = u.work.join("u7s.env");
+    std::fs::write(&env_file, ports).expect("u7s.env");
+    lab.chown(&env_file).expect("chown u7s.env");
+    let share = share_dir(&lab);
+    let mount = format!("{}:/mnt/share:ro", share.display());
+
+    // Each bad value is refused with its reason before anything is made.
+    let locked = lab.path().join("locked");
+    std::fs::create_dir(&locked).expect("locked dir");
+    // Root's, mode 0700: the rootless user cannot read it.
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod");
+    let held = std::net::TcpListener::bind("0.0.0.0:30099").expect("hold a port");
+    let locked_mount = format!("{}:/mnt/locked", locked.display());
+    let etc_mount = format!("{}:/etc", share.display());
+    for (args, hint) in [
+        (vec!["--publish", "21443:30443"], "PORT_KUBE_APISERVER"),
+        (vec!["--publish", "30080:30080/sctp"], "tcp or udp"),
+        (vec!["--publish", "30099:30099"], "already in use"),
+        (vec!["--mount", "/nonexistent-u7s:/mnt/x"], "No such file"),
+        (vec!["--mount", &etc_mount], "the node needs for itself"),
+        (vec!["--mount", &locked_mount], "not readable by this user"),
+    ] {
+        let mut a = args.clone();
+        a.push("up");
+        let o = u.run(&a, &[]);
+        let t = output_text(&o);
+        assert!(!o.status.success() && t.contains(hint), "{args:?}: {t}");
+        assert!(
+            !t.contains("panicked") && !t.contains("creating"),
+            "{args:?}: {t}"
+        );
+    }
+    drop(held);
+    assert!(inspect(&docker, "u7s-node").is_none());
+    let nets = docker
+        .docker(&["network", "ls", "--format", "{{.Name}}"])
+        .expect("networks");
+    assert!(
+        !String::from_utf8_lossy(&nets.stdout).contains("u7s-net"),
+        "nothing created"
+    );
+
+    // up with a TCP and a UDP NodePort and the share.
+    let extras = [
+        "--publish",
+        "30080:30080",
+        "--publish",
+        "30053:30053/udp",
+        "--mount",
+        &mount,
+    ];
+    let with =
+        |rest: &[&str]| -> Vec<String> { extras.iter().chain(rest).map(|s| (*s).to_owned()).collect() };
+    let ok = |args: Vec<String>| u.ok(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    ok(with(&["up"]));
+    let render = ok(with(&["render"]));
+    assert!(
+        render.contains("node_port: 30053") && render.contains("/mnt/share"),
+        "{render}"
+    );
+    let node = inspect(&docker, "u7s-node").expect("node");
+    let hc = &node["HostConfig"];
+    assert_eq!(hc["PortBindings"]["30080/tcp"][0]["HostPort"], "30080", "{hc}");
+    assert_eq!(hc["PortBindings"]["30053/udp"][0]["HostPort"], "30053", "{hc}");
+    let m = node["Mounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .find(|m| m["Destination"] == "/mnt/share")
+        .expect("the share is mounted")
+        .clone();
+    assert_eq!(
+        (m["RW"].clone(), m["Source"].clone()),
+        (Value::Bool(false), Value::String(share.display().to_string()))
+    );
+    assert!(ok(with(&["shell", "--", "cat", "/mnt/share/hello.txt"])).contains("mounted from the host"));
+
+    // Servers in the node on the NodePort numbers, reached from the host
+    // through the published ports.
+    let labnet = "/mnt/share/ld.so --library-path /mnt/share /mnt/share/labnet";
+    let start = format!(
+        "setsid {labnet} serve 0.0.0.0:30080 > /tmp/tcp.log 2>&1 < /dev/null & setsid {labnet} udp-echo 0.0.0.0:30053 > /tmp/udp.log 2>&1 < /dev/null &"
+    );
+    ok(with(&["shell", "--", "sh", "-c", &start]));
+    wait_for("the servers in the node", Duration::from_secs(20), || {
+        let t = output_text(&u.run(&["shell", "--", "cat", "/tmp/tcp.log", "/tmp/udp.log"], &[]));
+        (t.matches("listening").count() == 2).then_some(())
+    })
+    .expect("servers listening");
+    let blob: Vec<u8> = (0..1_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let echoed = wait_for("TCP through the published port", Duration::from_secs(20), || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:30080").ok()?;
+        let writer = {
+            let mut w = s.try_clone().ok()?;
+            let blob = blob.clone();
+            std::thread::spawn(move || {
+                let _ = w.write_all(&blob);
+                let _ = w.shutdown(std::net::Shutdown::Write);
+            })
+        };
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).ok()?;
+        writer.join().ok()?;
+        (back.len() == blob.len()).then_some(back)
+    })
+    .expect("the TCP server in the node answered");
+    assert!(echoed == blob, "TCP data intact");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    udp.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let answer = wait_for("UDP through the published port", Duration::from_secs(20), || {
+        udp.send_to(b"u7s nodeport datagram", "127.0.0.1:30053").ok()?;
+        let mut buf = [0u8; 64];
+        let (n, _) = udp.recv_from(&mut buf).ok()?;
+        Some(buf[..n].to_vec())
+    })
+    .expect("the UDP server in the node answered");
+    assert_eq!(answer, b"u7s nodeport datagram");
+    let st = ok(with(&["status"]));
+    assert!(
+        st.contains("publish:    30080:30080/tcp 30053:30053/udp (through the engine's port forwarder)")
+            && st.contains(&format!("mounts:     {mount}"))
+            && !st.contains("settings differ"),
+        "{st}"
+    );
+
+    // Another port takes a new container: refused without --recreate,
+    // done with it, the node's state kept.
+    ok(with(&["shell", "--", "sh", "-c", "echo kept > /var/u7s-state"]));
+    let changed = ["--publish", "30081:30081", "--mount", &mount];
+    let o = u.run(&[&changed[..], &["up"]].concat(), &[]);
+    let t = output_text(&o);
+    assert!(
+        !o.status.success() && t.contains("extra ports and mounts") && t.contains("`u7s up --recreate`"),
+        "{t}"
+    );
+    assert!(
+        inspect(&docker, "u7s-node").expect("node")["HostConfig"]["PortBindings"]["30080/tcp"].is_array()
+    );
+    let st = u.ok(&[&changed[..], &["status"]].concat(), &[]);
+    assert!(st.contains("settings differ"), "{st}");
+    let out = u.ok(&[&changed[..], &["up", "--recreate"]].concat(), &[]);
+    assert!(out.contains("recreating the node container u7s-node"), "{out}");
+    let bindings = inspect(&docker, "u7s-node").expect("node")["HostConfig"]["PortBindings"].clone();
+    assert!(
+        bindings["30081/tcp"].is_array() && bindings["30080/tcp"].is_null(),
+        "{bindings}"
+    );
+    assert_eq!(
+        u.ok(&["shell", "--", "cat", "/var/u7s-state"], &[]).trim(),
+        "kept"
+    );
+    u.ok(&["down", "-v"], &[]);
 }

@@ -262,7 +262,9 @@ fn u7s_up_accel_on_podman_runs_the_node_on_the_wrapper() {
 
     let o = u.run(&args(&["up"]), &[]);
     assert!(
-        !o.status.success() && output_text(&o).contains("`u7s down` first"),
+        !o.status.success()
+            && output_text(&o).contains("it runs on the fast path")
+            && output_text(&o).contains("`u7s up --recreate`"),
         "{}",
         output_text(&o)
     );

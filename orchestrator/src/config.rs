@@ -26,6 +26,8 @@ pub const KEYS: &[&str] = &[
     "U7S_NODE_IMAGE",
     "U7S_BASE_IMAGE",
     "U7S_NODE_IMAGE_DIR",
+    "U7S_PUBLISH",
+    "U7S_MOUNTS",
 ];
 
 /// The config file read when `--config` is not given and it exists.
@@ -138,6 +140,174 @@ pub struct Config {
     pub image: ImageSource,
     /// Mounted read-only at [`crate::node::PROJECT_MOUNT`] in the node.
     pub project_dir: PathBuf,
+    /// Extra ports published to the node (`--publish`, U7S_PUBLISH):
+    /// NodePorts, hostPort pods.
+    pub publish: Vec<ExtraPort>,
+    /// Host paths bound into the node (`--mount`, U7S_MOUNTS), for hostPath
+    /// volumes.
+    pub mounts: Vec<ExtraMount>,
+}
+
+/// A port published beside the node's own: `[hostIP:]hostPort:nodePort[/proto]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ExtraPort {
+    pub host_ip: Option<std::net::IpAddr>,
+    pub host_port: u16,
+    pub node_port: u16,
+    pub protocol: Protocol,
+}
+
+impl std::fmt::Display for ExtraPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.host_ip {
+            Some(std::net::IpAddr::V6(ip)) => write!(f, "[{ip}]:")?,
+            Some(ip) => write!(f, "{ip}:")?,
+            None => {}
+        }
+        write!(
+            f,
+            "{}:{}/{}",
+            self.host_port,
+            self.node_port,
+            self.protocol.name()
+        )
+    }
+}
+
+/// Kubernetes' default NodePort range (kube-apiserver --service-node-port-range).
+pub const NODE_PORT_RANGE: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+/// A host path bound into the node: `SRC:DST[:ro|:rw]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ExtraMount {
+    pub source: PathBuf,
+    pub target: String,
+    pub read_only: bool,
+}
+
+impl std::fmt::Display for ExtraMount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.source.display(), self.target)?;
+        if self.read_only {
+            f.write_str(":ro")?;
+        }
+        Ok(())
+    }
+}
+
+/// Paths of the node that u7s mounts itself, or that must stay the node's.
+pub const RESERVED_NODE_PATHS: &[&str] = &[
+    "/",
+    "/var",
+    "/opt",
+    "/etc",
+    "/u7s",
+    "/run",
+    "/tmp",
+    "/lib/modules",
+    "/boot",
+    "/proc",
+    "/sys",
+    "/dev",
+];
+
+fn parse_publish(value: &str, ports: &Ports) -> Result<Vec<ExtraPort>, ConfigError> {
+    let mut out: Vec<ExtraPort> = Vec::new();
+    for spec in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let bad = |problem: String| invalid("U7S_PUBLISH", spec, problem);
+        let m: netaccel::publish::PortMapping = spec.parse().map_err(|e| bad(format!("{e}")))?;
+        if m.host_port == 0 || m.container_port == 0 {
+            return Err(bad("ports are 1-65535".into()));
+        }
+        let protocol = match m.proto {
+            netaccel::publish::Proto::Tcp => Protocol::Tcp,
+            netaccel::publish::Proto::Udp => Protocol::Udp,
+        };
+        let p = ExtraPort {
+            host_ip: m.host_ip,
+            host_port: m.host_port,
+            node_port: m.container_port,
+            protocol,
+        };
+        for (var, own, proto) in ports.published() {
+            if proto == protocol && (own == p.host_port || own == p.node_port) {
+                return Err(bad(format!(
+                    "{own}/{} is the node's own {var}: publish another port, or move {var}",
+                    protocol.name()
+                )));
+            }
+        }
+        // Taken in the node by the control plane kubeadm starts.
+        let inside = [
+            (2380, "etcd's peer port"),
+            (10248, "kubelet's healthz"),
+            (10257, "kube-controller-manager"),
+            (10259, "kube-scheduler"),
+        ];
+        if let Some((_, what)) = inside
+            .iter()
+            .find(|(port, _)| protocol == Protocol::Tcp && *port == p.node_port)
+        {
+            return Err(bad(format!("node port {} is {what} in the node", p.node_port)));
+        }
+        if let Some(first) = out
+            .iter()
+            .find(|o| o.protocol == protocol && (o.host_port == p.host_port || o.node_port == p.node_port))
+        {
+            return Err(bad(format!(
+                "clashes with {first}: each host port and each node port once per protocol"
+            )));
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
+
+fn parse_mounts(value: &str, current_dir: &Path) -> Result<Vec<ExtraMount>, ConfigError> {
+    let mut out: Vec<ExtraMount> = Vec::new();
+    for spec in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let bad = |problem: &str| invalid("U7S_MOUNTS", spec, problem);
+        let parts: Vec<&str> = spec.split(':').collect();
+        let (src, dst, read_only) = match parts.as_slice() {
+            [src, dst] => (*src, *dst, false),
+            [src, dst, "ro"] => (*src, *dst, true),
+            [src, dst, "rw"] => (*src, *dst, false),
+            [_, _, _] => return Err(bad("the option after DST must be ro or rw")),
+            _ => {
+                return Err(bad(
+                    "expected SRC:DST[:ro], e.g. /srv/data:/data:ro (paths without ':')",
+                ))
+            }
+        };
+        if src.is_empty() || dst.is_empty() {
+            return Err(bad("SRC and DST must not be empty"));
+        }
+        let dst_path = Path::new(dst);
+        if !dst_path.is_absolute()
+            || dst_path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir | std::path::Component::CurDir))
+        {
+            return Err(bad("DST must be an absolute path without . or .. in the node"));
+        }
+        let target = dst.trim_end_matches('/');
+        let target = if target.is_empty() { "/" } else { target };
+        if RESERVED_NODE_PATHS.contains(&target) {
+            return Err(bad(
+                "DST is a path the node needs for itself (/, /var, /opt, /etc, /u7s, /run, /tmp, /lib/modules, /boot, /proc, /sys, /dev): mount below or beside it, e.g. /mnt/data",
+            ));
+        }
+        if let Some(first) = out.iter().find(|m| m.target == target) {
+            return Err(bad(&format!("DST is already mounted by {first}")));
+        }
+        let source = current_dir.join(src);
+        out.push(ExtraMount {
+            source,
+            target: target.to_owned(),
+            read_only,
+        });
+    }
+    Ok(out)
 }
 
 /// The raw values, by variable name, after precedence was applied.
@@ -267,6 +437,19 @@ pub struct HostDefaults {
     pub current_dir: PathBuf,
 }
 
+impl Config {
+    /// Every port published on the host: the node's own, then `publish`.
+    pub fn host_ports(&self) -> Vec<(&'static str, u16, Protocol)> {
+        let mut v = self.ports.published().to_vec();
+        v.extend(
+            self.publish
+                .iter()
+                .map(|p| ("U7S_PUBLISH", p.host_port, p.protocol)),
+        );
+        v
+    }
+}
+
 /// Applies validation and computed defaults.
 pub fn resolve(vars: &Vars, host: &HostDefaults) -> Result<Config, ConfigError> {
     let engine = match vars.get("CONTAINER_ENGINE") {
@@ -386,6 +569,12 @@ pub fn resolve(vars: &Vars, host: &HostDefaults) -> Result<Config, ConfigError> 
         },
         image,
         project_dir: host.current_dir.clone(),
+        publish: vars
+            .get("U7S_PUBLISH")
+            .map_or(Ok(Vec::new()), |v| parse_publish(v, &ports))?,
+        mounts: vars
+            .get("U7S_MOUNTS")
+            .map_or(Ok(Vec::new()), |v| parse_mounts(v, &host.current_dir))?,
     })
 }
 
@@ -534,5 +723,85 @@ mod tests {
             Some(Ipv4Addr::new(10, 100, 3, 100))
         );
         assert_eq!(node_ip("10.100.3.0/26".parse().expect("net")), None);
+    }
+    #[test]
+    fn extra_ports_and_mounts_parse_with_their_defaults() {
+        let c = resolve(
+            &vars(&[
+                (
+                    "U7S_PUBLISH",
+                    "30080:30080, 127.0.0.1:8053:30053/udp,[::1]:9090:30090/tcp",
+                ),
+                ("U7S_MOUNTS", "/srv/data:/mnt/data:ro,rel/dir:/mnt/rel/"),
+            ]),
+            &host(),
+        )
+        .expect("config");
+        let shown: Vec<String> = c.publish.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "30080:30080/tcp",
+                "127.0.0.1:8053:30053/udp",
+                "[::1]:9090:30090/tcp"
+            ]
+        );
+        assert_eq!(
+            c.mounts,
+            [
+                ExtraMount {
+                    source: "/srv/data".into(),
+                    target: "/mnt/data".into(),
+                    read_only: true
+                },
+                ExtraMount {
+                    source: "/home/alice/cluster/rel/dir".into(),
+                    target: "/mnt/rel".into(),
+                    read_only: false
+                },
+            ]
+        );
+        assert_eq!(
+            c.host_ports().last(),
+            Some(&("U7S_PUBLISH", 9090, Protocol::Tcp)),
+            "checked for being taken like the node's own"
+        );
+    }
+
+    #[test]
+    fn bad_extra_ports_and_mounts_are_refused_with_the_reason() {
+        for (pairs, hint) in [
+            (&[("U7S_PUBLISH", "6443:30443")][..], "PORT_KUBE_APISERVER"),
+            (&[("U7S_PUBLISH", "30472:8472/udp")], "PORT_FLANNEL"),
+            (&[("U7S_PUBLISH", "30080:2380")], "etcd's peer port"),
+            (
+                &[("U7S_PUBLISH", "70000:30080")],
+                "expected [hostIP:]hostPort:containerPort",
+            ),
+            (&[("U7S_PUBLISH", "30080")], "host port is required"),
+            (&[("U7S_PUBLISH", "0:30080")], "1-65535"),
+            (&[("U7S_PUBLISH", "30080:30080/sctp")], "tcp or udp"),
+            (
+                &[("U7S_PUBLISH", "30080:30080,30080:30081")],
+                "clashes with 30080:30080/tcp",
+            ),
+            (&[("U7S_PUBLISH", "30080:30080,30081:30080")], "clashes"),
+            (&[("U7S_MOUNTS", "/srv:/etc")], "the node needs for itself"),
+            (&[("U7S_MOUNTS", "/srv:/")], "the node needs for itself"),
+            (&[("U7S_MOUNTS", "/srv:data")], "absolute"),
+            (&[("U7S_MOUNTS", "/srv:/mnt/../etc")], "absolute"),
+            (&[("U7S_MOUNTS", "/srv:/mnt/a:rx")], "ro or rw"),
+            (&[("U7S_MOUNTS", "/srv")], "SRC:DST"),
+            (&[("U7S_MOUNTS", "/a:/mnt/x,/b:/mnt/x/")], "already mounted"),
+        ] {
+            let e = resolve(&vars(pairs), &host()).expect_err(hint);
+            assert!(e.to_string().contains(hint), "{pairs:?}: {e}");
+        }
+        // Both ways of writing the same UDP port as TCP are fine.
+        assert!(resolve(
+            &vars(&[("U7S_PUBLISH", "30080:30080/tcp,30080:30080/udp")]),
+            &host()
+        )
+        .is_ok());
     }
 }

@@ -11,7 +11,7 @@ use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::AddressFamily;
 
-use crate::config::{Ports, Protocol};
+use crate::config::Protocol;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostNetError {
@@ -89,9 +89,8 @@ pub struct TakenPort {
 
 /// Tries to bind each published port on all addresses, as the engine's
 /// port forwarder will.
-pub fn taken_ports(ports: &Ports) -> Vec<TakenPort> {
+pub fn taken_ports(ports: &[(&'static str, u16, Protocol)]) -> Vec<TakenPort> {
     ports
-        .published()
         .iter()
         .filter_map(|&(var, port, protocol)| {
             let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
@@ -177,9 +176,8 @@ impl EphemeralPorts {
     }
 
     /// The published ports an outgoing connection can take, as (variable, port).
-    pub fn exposed(&self, ports: &Ports) -> Vec<(&'static str, u16)> {
+    pub fn exposed(&self, ports: &[(&'static str, u16, Protocol)]) -> Vec<(&'static str, u16)> {
         ports
-            .published()
             .iter()
             .filter(|(_, port, _)| self.exposes(*port))
             .map(|&(var, port, _)| (var, port))
@@ -209,6 +207,7 @@ impl EphemeralPorts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Ports;
 
     #[test]
     fn a_held_port_is_reported_with_its_variable() {
@@ -225,7 +224,7 @@ mod tests {
             flannel: free,
             kube_apiserver: free.wrapping_add(1).max(1024),
         };
-        let taken = taken_ports(&ports);
+        let taken = taken_ports(&ports.published());
         assert!(
             taken.iter().any(|t| t.var == "PORT_ETCD" && t.port == port),
             "{taken:?}"
@@ -262,14 +261,14 @@ mod tests {
             flannel: 48472,
             kube_apiserver: 46443,
         };
-        assert_eq!(e.exposed(&tenant4).len(), 4);
-        assert!(e.exposed(&Ports::DEFAULT).is_empty());
+        assert_eq!(e.exposed(&tenant4.published()).len(), 4);
+        assert!(e.exposed(&Ports::DEFAULT.published()).is_empty());
         let mixed = Ports {
             kubelet: 40250,
             etcd: 33000,
             ..Ports::DEFAULT
         };
-        let exposed = e.exposed(&mixed);
+        let exposed = e.exposed(&mixed.published());
         assert_eq!(exposed, vec![("PORT_ETCD", 33000)]);
         let msg = e.explain(&exposed);
         assert!(

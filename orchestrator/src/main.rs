@@ -69,6 +69,15 @@ pub struct Settings {
     /// Build the node image from this directory instead (U7S_NODE_IMAGE_DIR).
     #[arg(long, global = true, value_name = "DIR")]
     pub image_dir: Option<PathBuf>,
+    /// Also publish a node port on the host, e.g. 30080:30080 or
+    /// 127.0.0.1:8053:30053/udp, repeatable (U7S_PUBLISH, comma-separated).
+    /// For NodePort Services (30000-32767) and hostPort pods.
+    #[arg(long, global = true, value_name = "[IP:]HOSTPORT:NODEPORT[/tcp|/udp]")]
+    pub publish: Vec<String>,
+    /// Bind a host path into the node, e.g. /srv/data:/mnt/data:ro, repeatable
+    /// (U7S_MOUNTS, comma-separated). For hostPath volumes of pods.
+    #[arg(long, global = true, value_name = "SRC:DST[:ro]")]
+    pub mount: Vec<String>,
 }
 
 impl Settings {
@@ -91,6 +100,8 @@ impl Settings {
                 "U7S_NODE_IMAGE_DIR",
                 &self.image_dir.as_ref().map(|p| p.display().to_string()),
             ),
+            (!self.publish.is_empty()).then(|| ("U7S_PUBLISH", self.publish.join(","))),
+            (!self.mount.is_empty()).then(|| ("U7S_MOUNTS", self.mount.join(","))),
         ]
         .into_iter()
         .flatten()
@@ -108,6 +119,10 @@ enum Action {
         /// Rebuild the node image even if it exists.
         #[arg(long)]
         build: bool,
+        /// Recreate an existing node container whose ports, mounts or fast
+        /// path differ from the settings (state volumes are kept).
+        #[arg(long)]
+        recreate: bool,
     },
     /// Remove the node container and network (state volumes stay unless -v).
     Down {
@@ -202,7 +217,11 @@ async fn run(cli: Cli) -> Result<i32> {
     let vars = cli.settings.as_vars();
     let ctx = || c::Context::load(&cli.settings.config, &vars);
     match cli.action {
-        Action::Up { accel, build } => c::up(&ctx().await?, accel, build).await,
+        Action::Up {
+            accel,
+            build,
+            recreate,
+        } => c::up(&ctx().await?, accel, build, recreate).await,
         Action::Down { volumes } => c::down(&ctx().await?, volumes).await,
         Action::Render { accel } => c::render(&ctx().await?, accel),
         Action::KubeadmInit => c::kubeadm_init(&ctx().await?).await,

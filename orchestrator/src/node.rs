@@ -18,6 +18,24 @@ pub const PROJECT_LABEL: &str = "io.u7s.project";
 pub const HOST_IP_LABEL: &str = "io.u7s.host-ip";
 /// Label on a node created with `--accel` (every engine shows labels back).
 pub const ACCEL_LABEL: &str = "io.u7s.accel";
+/// Label with the node's extra ports and mounts ([`extras`]), which `up`
+/// compares: changing them needs a new container.
+pub const EXTRAS_LABEL: &str = "io.u7s.extras";
+
+/// The extra ports and mounts of `config`, as [`EXTRAS_LABEL`] records them
+/// (empty: none).
+pub fn extras(config: &Config) -> String {
+    let mut parts = Vec::new();
+    if !config.publish.is_empty() {
+        let v: Vec<String> = config.publish.iter().map(ToString::to_string).collect();
+        parts.push(format!("publish={}", v.join(",")));
+    }
+    if !config.mounts.is_empty() {
+        let v: Vec<String> = config.mounts.iter().map(ToString::to_string).collect();
+        parts.push(format!("mounts={}", v.join(",")));
+    }
+    parts.join(" | ")
+}
 /// The node label kubelet registers, read by `sync-external-ip`.
 pub const NODE_HOST_IP_LABEL: &str = "u7s.io/host-ip";
 
@@ -122,7 +140,7 @@ impl NodeSpec {
     /// on some hosts; engines refuse a bind of a missing path).
     pub fn new(config: &Config, image: &str, accel: Option<&str>, existing: impl Fn(&Path) -> bool) -> Self {
         let p = &config.project;
-        let ports = config
+        let mut ports: Vec<PublishedPort> = config
             .ports
             .published()
             .iter()
@@ -133,6 +151,12 @@ impl NodeSpec {
                 protocol,
             })
             .collect();
+        ports.extend(config.publish.iter().map(|p| PublishedPort {
+            host_ip: p.host_ip.map(|ip| ip.to_string()),
+            host_port: p.host_port,
+            container_port: p.node_port,
+            protocol: p.protocol,
+        }));
         let volumes = Names::volumes(p)
             .into_iter()
             .map(|(volume, target)| VolumeMount {
@@ -154,6 +178,11 @@ impl NodeSpec {
                 });
             }
         }
+        binds.extend(config.mounts.iter().map(|m| BindMount {
+            source: m.source.clone(),
+            target: m.target.clone(),
+            read_only: m.read_only,
+        }));
         let mut env = BTreeMap::from([
             ("KUBECONFIG".to_owned(), "/etc/kubernetes/admin.conf".to_owned()),
             ("U7S_HOST_IP".to_owned(), config.host_ip.to_string()),
@@ -201,6 +230,11 @@ impl NodeSpec {
                 accel
                     .is_some()
                     .then(|| (ACCEL_LABEL.to_owned(), "true".to_owned())),
+            )
+            .chain(
+                Some(extras(config))
+                    .filter(|e| !e.is_empty())
+                    .map(|e| (EXTRAS_LABEL.to_owned(), e)),
             )
             .collect(),
             annotations,
@@ -283,5 +317,49 @@ mod tests {
         );
         assert_eq!(s.container, "u7s-t2-node");
         assert_eq!(s.volumes[0].volume, "u7s-t2-node-var");
+    }
+    #[test]
+    fn extra_ports_and_mounts_join_the_node_and_its_label() {
+        let v = Vars::layered(
+            &[],
+            |_| None,
+            &[
+                ("U7S_PUBLISH", "30080:30080,127.0.0.1:8053:30053/udp".into()),
+                ("U7S_MOUNTS", "/srv/data:/mnt/data:ro".into()),
+            ],
+        );
+        let c = resolve(
+            &v,
+            &HostDefaults {
+                hostname: "alpha".into(),
+                default_route_ip: Some("192.168.1.10".parse().expect("ip")),
+                current_dir: "/home/alice/c".into(),
+            },
+        )
+        .expect("config");
+        let s = NodeSpec::new(&c, "u7s-node:1", None, |_| false);
+        let extra: Vec<(Option<&str>, u16, u16, Protocol)> = s.ports[4..]
+            .iter()
+            .map(|p| (p.host_ip.as_deref(), p.host_port, p.container_port, p.protocol))
+            .collect();
+        assert_eq!(
+            extra,
+            [
+                (None, 30080, 30080, Protocol::Tcp),
+                (Some("127.0.0.1"), 8053, 30053, Protocol::Udp)
+            ]
+        );
+        let data = s.binds.iter().find(|b| b.target == "/mnt/data").expect("bound");
+        assert!(data.read_only && data.source == Path::new("/srv/data"));
+        assert_eq!(
+            s.labels[EXTRAS_LABEL],
+            "publish=30080:30080/tcp,127.0.0.1:8053:30053/udp | mounts=/srv/data:/mnt/data:ro"
+        );
+        assert!(
+            !NodeSpec::new(&config("0"), "i", None, |_| false)
+                .labels
+                .contains_key(EXTRAS_LABEL),
+            "no label without extras (nodes made before it compare equal)"
+        );
     }
 }

@@ -5,7 +5,7 @@
 
 use ipnet::Ipv4Net;
 
-use crate::config::Config;
+use crate::config::{Config, NODE_PORT_RANGE};
 use crate::doctor::{Finding, Severity};
 use crate::engine::{Engine, EngineError, EngineInfo};
 use crate::hostnet::{self, EphemeralPorts, HostNetError, TakenPort};
@@ -37,6 +37,26 @@ pub struct NodeFacts {
     pub image: ImageFacts,
     /// With `--accel`: whether the engine can run the node on the fast path.
     pub accel: Option<Result<(), String>>,
+    /// Each extra mount's source: there and readable by this user, or why not.
+    pub mounts: Vec<(String, Result<(), String>)>,
+}
+
+/// Whether this user can bind `source` into the node: it exists and can be
+/// read (and, for a directory, entered).
+pub fn check_mount_source(source: &std::path::Path) -> Result<(), String> {
+    use rustix::fs::Access;
+    let meta = std::fs::metadata(source).map_err(|e| format!("{}: {e}", source.display()))?;
+    let need = if meta.is_dir() {
+        Access::READ_OK | Access::EXEC_OK
+    } else {
+        Access::READ_OK
+    };
+    rustix::fs::access(source, need).map_err(|e| {
+        format!(
+            "{}: not readable by this user ({e}); the rootless engine reads it as you",
+            source.display()
+        )
+    })
 }
 
 #[derive(Debug, Clone, Default)]
@@ -80,10 +100,10 @@ pub async fn gather(
         taken: if intent.node_running {
             Vec::new()
         } else {
-            hostnet::taken_ports(&c.ports)
+            hostnet::taken_ports(&c.host_ports())
         },
         ephemeral: ephemeral.map(|r| {
-            let exposed = r.exposed(&c.ports);
+            let exposed = r.exposed(&c.host_ports());
             (r, exposed)
         }),
         image: ImageFacts {
@@ -108,6 +128,11 @@ pub async fn gather(
         .await?
         .into_iter()
         .find(|s| hostnet::overlaps(*s, c.node_subnet));
+    facts.mounts = c
+        .mounts
+        .iter()
+        .map(|m| (m.to_string(), check_mount_source(&m.source)))
+        .collect();
     if intent.with_accel {
         let runtime = crate::accel::runtime_name();
         facts.accel = Some(
@@ -153,6 +178,37 @@ pub fn evaluate(c: &Config, f: &NodeFacts) -> Vec<Finding> {
                 range.explain(exposed)
             },
         );
+    }
+    for p in &c.publish {
+        if !NODE_PORT_RANGE.contains(&p.node_port) {
+            push(
+                "publish",
+                false,
+                Severity::Warning,
+                format!(
+                    "{p}: node port {} is outside Kubernetes' NodePort range {}-{}; fine for a hostPort pod or a server in the node, a NodePort Service cannot have it",
+                    p.node_port,
+                    NODE_PORT_RANGE.start(),
+                    NODE_PORT_RANGE.end()
+                ),
+            );
+        }
+    }
+    for (spec, result) in &f.mounts {
+        match result {
+            Ok(()) => push(
+                "mount",
+                true,
+                Severity::Blocking,
+                format!("{spec}: the source is readable"),
+            ),
+            Err(why) => push(
+                "mount",
+                false,
+                Severity::Blocking,
+                format!("--mount {spec}: {why}"),
+            ),
+        }
     }
     let ours = Names::network(&c.project);
     let subnet = c.node_subnet;
@@ -293,5 +349,47 @@ mod tests {
         assert_eq!(bad.len(), 1);
         assert_eq!(bad[0].severity, Severity::Warning);
         assert!(bad[0].detail.contains("ip_local_reserved_ports=50250"), "{bad:?}");
+    }
+    #[test]
+    fn a_mount_source_must_exist_and_be_readable() {
+        let dir = tempfile::tempdir().expect("dir");
+        assert!(check_mount_source(dir.path()).is_ok());
+        let missing = check_mount_source(&dir.path().join("nope")).expect_err("missing");
+        assert!(missing.contains("No such file"), "{missing}");
+        let mut f = good();
+        f.mounts = vec![("/nope:/mnt/x".into(), Err(missing))];
+        let bad = failed(&f);
+        assert_eq!(bad.len(), 1);
+        assert!(
+            bad[0].severity == Severity::Blocking && bad[0].detail.starts_with("--mount /nope:/mnt/x"),
+            "{bad:?}"
+        );
+        // Root reads everything; the check is for the rootless user.
+        if !rustix::process::geteuid().is_root() {
+            use std::os::unix::fs::PermissionsExt;
+            let locked = dir.path().join("locked");
+            std::fs::create_dir(&locked).expect("mkdir");
+            std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+            assert!(check_mount_source(&locked)
+                .expect_err("unreadable")
+                .contains("not readable"));
+        }
+    }
+
+    #[test]
+    fn a_node_port_outside_the_nodeport_range_warns() {
+        let mut c = config();
+        c.publish = vec![crate::config::ExtraPort {
+            host_ip: None,
+            host_port: 8080,
+            node_port: 8080,
+            protocol: Protocol::Tcp,
+        }];
+        let bad: Vec<Finding> = evaluate(&c, &good()).into_iter().filter(|x| !x.ok).collect();
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert_eq!(bad[0].severity, Severity::Warning);
+        assert!(bad[0].detail.contains("NodePort range 30000-32767"), "{bad:?}");
+        c.publish[0].node_port = 30080;
+        assert!(evaluate(&c, &good()).iter().all(|x| x.ok));
     }
 }

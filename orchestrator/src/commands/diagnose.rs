@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use u7s::engine::Engine;
-use u7s::node::Names;
+use u7s::node::{self, Names};
 use u7s::{accel, doctor, image, preflight};
 
 use super::{components, resolve, Context};
@@ -92,10 +92,36 @@ pub async fn status(ctx: &Context) -> Result<i32> {
                 .map(|(v, p, proto)| format!("{v}={p}/{}", proto.name()))
                 .collect();
             println!("ports:      {}", ports.join(" "));
+            // What the container was made with (its label), which may
+            // differ from the settings until `up --recreate`.
+            let extras = i.labels.get(node::EXTRAS_LABEL).map_or("", String::as_str);
+            let made = |key: &str| {
+                extras
+                    .split(" | ")
+                    .find_map(|part| part.strip_prefix(key))
+                    .map(|v| v.replace(',', " "))
+            };
             let runtime = accel::runtime_name();
+            let on_fast_path = i.on_fast_path(&runtime);
+            if let Some(publish) = made("publish=") {
+                println!(
+                    "publish:    {publish} (through the engine's port forwarder{})",
+                    if on_fast_path {
+                        "; the fast path serves only the node's outgoing connections"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            if let Some(mounts) = made("mounts=") {
+                println!("mounts:     {mounts}");
+            }
+            if extras != node::extras(c) {
+                println!("            (the settings differ: `u7s up --recreate` applies them)");
+            }
             println!(
                 "fast path:  {}",
-                match (i.on_fast_path(&runtime), info.accel) {
+                match (on_fast_path, info.accel) {
                     (false, _) => "off".to_owned(),
                     (true, _) if i.runtime == runtime => format!("on (runtime {})", i.runtime),
                     (true, method) => format!("on ({})", method.describe()),

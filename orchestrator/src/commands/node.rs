@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use u7s::config::Config;
 use u7s::doctor::Severity;
-use u7s::engine::{Engine, EngineInfo};
+use u7s::engine::{ContainerInfo, Engine, EngineInfo};
 use u7s::node::{self, Names};
 use u7s::{accel, image, kubeadm, preflight};
 
 use super::{components, spec, step, Context};
 
-pub async fn up(ctx: &Context, with_accel: bool, rebuild: bool) -> Result<i32> {
+pub async fn up(ctx: &Context, with_accel: bool, rebuild: bool, recreate: bool) -> Result<i32> {
     let c = &ctx.config;
     let engine = ctx.engine().await?;
     let info = engine.info().await?;
@@ -38,25 +38,32 @@ pub async fn up(ctx: &Context, with_accel: bool, rebuild: bool) -> Result<i32> {
 
     let name = ctx.container();
     if let Some(existing) = engine.container(&name).await? {
-        let accel_now = existing.on_fast_path(&runtime_name);
-        if accel_now != with_accel {
-            bail!(
-                "the node container {name} exists {} the fast path; `u7s down` first (state volumes stay), then `u7s up{}`",
-                if accel_now { "with" } else { "without" },
-                if with_accel { " --accel" } else { "" }
-            );
-        }
-        if with_accel {
-            start_daemon(c, &info).await?;
-        }
-        if existing.running {
-            step(format!("node {name} is already running"));
+        let changes = node_changes(&existing, c, with_accel, &runtime_name);
+        if changes.is_empty() || !recreate {
+            if !changes.is_empty() {
+                bail!(
+                    "the node container {name} was made with other settings ({}); they take a new container: `u7s up --recreate{}` makes it (state volumes stay)",
+                    changes.join("; "),
+                    if with_accel { " --accel" } else { "" }
+                );
+            }
+            if with_accel {
+                start_daemon(c, &info).await?;
+            }
+            if existing.running {
+                step(format!("node {name} is already running"));
+                return Ok(0);
+            }
+            step(format!("starting the existing node container {name}"));
+            engine.start_container(&name).await?;
+            wait_running(&engine, &name).await?;
             return Ok(0);
         }
-        step(format!("starting the existing node container {name}"));
-        engine.start_container(&name).await?;
-        wait_running(&engine, &name).await?;
-        return Ok(0);
+        step(format!(
+            "recreating the node container {name} ({}); state volumes stay",
+            changes.join("; ")
+        ));
+        engine.remove_container(&name).await?;
     }
 
     // The checks `doctor` reports, before anything is created, so a
@@ -138,6 +145,31 @@ pub async fn up(ctx: &Context, with_accel: bool, rebuild: bool) -> Result<i32> {
     ));
     println!("next: `u7s kubeadm-init` (first host) or `u7s kubeadm-join` (other hosts)");
     Ok(0)
+}
+
+/// What differs between an existing node container and the settings.
+fn node_changes(existing: &ContainerInfo, c: &Config, with_accel: bool, runtime_name: &str) -> Vec<String> {
+    let mut changes = Vec::new();
+    let accel_now = existing.on_fast_path(runtime_name);
+    if accel_now != with_accel {
+        changes.push(format!(
+            "it runs {} the fast path",
+            if accel_now { "on" } else { "off" }
+        ));
+    }
+    let had = existing.labels.get(node::EXTRAS_LABEL).map_or("", String::as_str);
+    let want = node::extras(c);
+    if had != want {
+        let show = |s: &str| {
+            if s.is_empty() {
+                "none".to_owned()
+            } else {
+                s.to_owned()
+            }
+        };
+        changes.push(format!("extra ports and mounts: {} → {}", show(had), show(&want)));
+    }
+    changes
 }
 
 /// Finds or starts the netaccel daemon; for engines that cannot pass the
