@@ -154,20 +154,6 @@ impl BypassApi {
             .unwrap_or_default()
     }
 
-    fn check_socket_path(&self, path: &str) -> Result<PathBuf, ApiError> {
-        let p = PathBuf::from(path);
-        let inside = p.is_absolute()
-            && p.starts_with(&self.runtime_dir)
-            && !p.components().any(|c| matches!(c, Component::ParentDir));
-        if !inside {
-            return Err(ApiError::SocketOutside {
-                path: path.to_owned(),
-                runtime_dir: self.runtime_dir.display().to_string(),
-            });
-        }
-        Ok(p)
-    }
-
     async fn start(&self, spec: BypassSpec) -> Result<BypassStatus, ApiError> {
         self.launch(spec, None).await
     }
@@ -201,12 +187,7 @@ impl BypassApi {
         if self.bypasses.lock().is_ok_and(|b| b.contains_key(&spec.id)) {
             return Err(ApiError::Duplicate(spec.id));
         }
-        let socket = self.check_socket_path(&spec.socket_path)?;
-        let extra = ContainerSettings {
-            ignore: ignore_of(&spec.ignore_subnets)?.nets().to_vec(),
-            publish: mappings_of(&spec.port_mapping)?,
-            ignore_bind: spec.ignore_bind,
-        };
+        let (socket, extra) = check_spec(&spec, &self.runtime_dir)?;
         let listener = bind_private_socket(&socket).map_err(|e| ApiError::Bind(e.to_string()))?;
         if !spec.pid_file_path.is_empty() {
             std::fs::write(&spec.pid_file_path, format!("{}\n", std::process::id())).map_err(|source| {
@@ -273,6 +254,31 @@ impl BypassApi {
             b.clear();
         }
     }
+}
+
+/// What a posted [`BypassSpec`] asks for, checked: the socket to serve
+/// (an absolute path inside `runtime_dir`, no `..`) and the container's
+/// settings. The whole decision on an untrusted body, before any effect.
+pub fn check_spec(spec: &BypassSpec, runtime_dir: &Path) -> Result<(PathBuf, ContainerSettings), ApiError> {
+    if spec.id.is_empty() {
+        return Err(ApiError::NoId);
+    }
+    let socket = PathBuf::from(&spec.socket_path);
+    let inside = socket.is_absolute()
+        && socket.starts_with(runtime_dir)
+        && !socket.components().any(|c| matches!(c, Component::ParentDir));
+    if !inside {
+        return Err(ApiError::SocketOutside {
+            path: spec.socket_path.clone(),
+            runtime_dir: runtime_dir.display().to_string(),
+        });
+    }
+    let settings = ContainerSettings {
+        ignore: ignore_of(&spec.ignore_subnets)?.nets().to_vec(),
+        publish: mappings_of(&spec.port_mapping)?,
+        ignore_bind: spec.ignore_bind,
+    };
+    Ok((socket, settings))
 }
 
 fn ignore_of(subnets: &[String]) -> Result<IgnoreList, ApiError> {
