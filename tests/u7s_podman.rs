@@ -5,12 +5,11 @@
 //! host, shell/logs, state across down/up, a second tenant, and `--accel`
 //! with the wrapper registered in containers.conf.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use rootless_lab::podman::RootlessPodman;
 use rootless_lab::u7s::{
-    assert_node_shape, env_of, first_inspected, port_is_held_tcp, port_is_held_udp, U7s, BASE, HOST_IP,
+    assert_node_shape, env_of, first_inspected, port_is_held_tcp, port_is_held_udp, U7s, BASE,
 };
 use rootless_lab::{output_text, wait_for, workspace_bin, Lab, PeerHost};
 use serde_json::Value;
@@ -68,45 +67,7 @@ fn u7s_runs_nodes_on_rootless_podman() {
         "1"
     );
 
-    // shell: exit codes and stdin; the shipped entrypoint ran.
-    let kubelet = u.ok(&["shell", "--", "cat", "/etc/default/kubelet"], &[]);
-    assert!(
-        kubelet.contains(&format!("--node-labels=u7s.io/host-ip={HOST_IP}")),
-        "{kubelet}"
-    );
-    assert_eq!(
-        u.run(&["shell", "--", "sh", "-c", "exit 3"], &[]).status.code(),
-        Some(3)
-    );
-    let mut child = u
-        .command(&["shell", "--", "sh", "-c", "read l; echo got:$l"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), b"hello\n").expect("write");
-    drop(child.stdin.take());
-    let o = child.wait_with_output().expect("wait");
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("got:hello"),
-        "{}",
-        output_text(&o)
-    );
-
-    // kubeadm-init stops at this machine's boundary (no kubeadm in the
-    // test node) after writing the config for the default version.
-    let o = u.run(&["kubeadm-init"], &[]);
-    let t = output_text(&o);
-    assert!(
-        !o.status.success() && t.contains("kubeadm init --config /etc/u7s/kubeadm-config.yaml"),
-        "{t}"
-    );
-    assert!(!t.contains("panicked"), "{t}");
-    let cfg = u.ok(&["shell", "--", "cat", "/etc/u7s/kubeadm-config.yaml"], &[]);
-    assert!(
-        cfg.contains("apiVersion: kubeadm.k8s.io/v1beta4") && cfg.contains("kubernetesVersion: v1.35.0"),
-        "{cfg}"
-    );
+    u.check_shell_and_kubeadm_init();
 
     assert!(u.ok(&["logs", "--console"], &[]).contains("u7s-test-node up"));
     assert!(u.ok(&["up"], &[]).contains("already running"));

@@ -144,8 +144,6 @@ fn has_range(lines: &str, user: &str) -> bool {
 /// Controllers kubelet needs delegated to run pods with limits.
 const CONTROLLERS: &[&str] = &["cpu", "memory", "pids"];
 
-/// A check the engine answered: passed, and what to show (`ok`, or why
-/// not); `None` when the check was not made.
 pub fn evaluate(f: &HostFacts, accel: bool) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut push = |check, ok, severity, detail: String| {

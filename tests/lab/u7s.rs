@@ -74,6 +74,54 @@ impl<'a> U7s<'a> {
         t
     }
 
+    /// `shell` (the shipped entrypoint's kubelet flags, exit codes, stdin)
+    /// and `kubeadm-init` stopping at this machine's boundary (no kubeadm
+    /// in the test node) after writing the config for the default version;
+    /// returns that config.
+    pub fn check_shell_and_kubeadm_init(&self) -> String {
+        let kubelet = self.ok(&["shell", "--", "cat", "/etc/default/kubelet"], &[]);
+        assert!(
+            kubelet.contains(&format!("--node-labels=u7s.io/host-ip={HOST_IP}")),
+            "{kubelet}"
+        );
+        assert_eq!(
+            self.run(&["shell", "--", "sh", "-c", "exit 3"], &[])
+                .status
+                .code(),
+            Some(3)
+        );
+        let mut child = self
+            .command(&["shell", "--", "sh", "-c", "read l; echo got:$l"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), b"hello\n").expect("write");
+        drop(child.stdin.take());
+        let o = child.wait_with_output().expect("wait");
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("got:hello"),
+            "{}",
+            output_text(&o)
+        );
+
+        // kubeadm-init stops at this machine's boundary (no kubeadm in the
+        // test node) after writing the config for the default version.
+        let o = self.run(&["kubeadm-init"], &[]);
+        let t = output_text(&o);
+        assert!(
+            !o.status.success() && t.contains("kubeadm init --config /etc/u7s/kubeadm-config.yaml"),
+            "{t}"
+        );
+        assert!(!t.contains("panicked"), "{t}");
+        let cfg = self.ok(&["shell", "--", "cat", "/etc/u7s/kubeadm-config.yaml"], &[]);
+        assert!(
+            cfg.contains("apiVersion: kubeadm.k8s.io/v1beta4") && cfg.contains("kubernetesVersion: v1.35.0"),
+            "{cfg}"
+        );
+        cfg
+    }
+
     /// The number of connections `u7s status` says the daemon bypassed.
     pub fn bypassed(&self, args: &[&str]) -> u64 {
         let st = self.ok(args, &[]);
