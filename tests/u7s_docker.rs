@@ -6,8 +6,7 @@
 //! tenants side by side, the same flow through the CLI driver (nerdctl's,
 //! run with the docker CLI), and `--accel`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rootless_lab::docker::{RootlessDocker, DOCKER_CLI};
@@ -366,23 +365,14 @@ fn share_dir(lab: &Lab) -> PathBuf {
     std::fs::create_dir_all(&share).expect("share dir");
     let labnet = workspace_bin("labnet").expect("labnet");
     std::fs::copy(&labnet, share.join("labnet")).expect("copy labnet");
-    let ldd = Command::new("ldd").arg(&labnet).output().expect("ldd");
-    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
-        let path = line
-            .split("=>")
-            .last()
-            .and_then(|r| r.split_whitespace().next())
-            .filter(|p| p.starts_with('/'));
-        if let Some(path) = path {
-            let name = Path::new(path).file_name().expect("name");
-            let target = if name.to_string_lossy().starts_with("ld-linux") {
-                share.join("ld.so")
-            } else {
-                share.join(name)
-            };
-            std::fs::copy(path, target).expect("copy library");
-        }
+    for path in rootless_lab::rootfs::libraries(&labnet).expect("ldd") {
+        let name = path.file_name().expect("name");
+        let target = if name.to_string_lossy().starts_with("ld-linux") {
+            share.join("ld.so")
+        } else {
+            share.join(name)
+        };
+        std::fs::copy(&path, target).expect("copy library");
     }
     std::fs::write(share.join("hello.txt"), "mounted from the host\n").expect("file");
     for e in std::fs::read_dir(&share).expect("ls") {

@@ -136,24 +136,14 @@ impl Drop for RootlessDocker<'_> {
 /// A tarball of a busybox-only root filesystem (an image without a
 /// registry), owned by the lab user.
 pub fn busybox_rootfs_tar(lab: &Lab) -> Result<PathBuf> {
-    let root = lab.path().join("image-rootfs");
     let tar = lab.path().join("image-rootfs.tar");
     if tar.exists() {
         return Ok(tar);
     }
-    for d in ["bin", "tmp", "etc", "proc", "sys", "dev"] {
-        std::fs::create_dir_all(root.join(d))?;
-    }
-    std::fs::copy("/usr/bin/busybox", root.join("bin/busybox"))?;
-    for applet in ["sh", "wget", "sha256sum", "unshare", "echo", "cat"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
-    }
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg("."))?;
-    lab.chown(&tar)?;
+    crate::rootfs::Rootfs::busybox(
+        &lab.path().join("image-rootfs"),
+        &["sh", "wget", "sha256sum", "unshare", "echo", "cat"],
+    )?
+    .tar(lab, &tar)?;
     Ok(tar)
 }

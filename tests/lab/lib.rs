@@ -11,9 +11,11 @@ pub mod container;
 pub mod daemon;
 pub mod docker;
 pub mod lan;
+pub mod multihost;
 pub mod peer;
 pub mod podman;
 pub mod prereq;
+pub mod rootfs;
 pub mod seccomp;
 pub mod u7s;
 pub mod user;
@@ -37,6 +39,9 @@ pub struct Lab {
     /// The network namespace (`ip netns` name) every user process runs in;
     /// `None`: the machine's own.
     netns: Option<String>,
+    /// A UTS namespace (a bind-mounted namespace file) every user process
+    /// runs in, for a host name of its own; `None`: the machine's.
+    uts: Option<PathBuf>,
 }
 
 impl Lab {
@@ -56,7 +61,18 @@ impl Lab {
         Self::new_checked(test, prereq::check_podman)
     }
 
-    fn new_checked(test: &str, check: fn() -> Result<LabUser, String>) -> Option<Lab> {
+    /// Like [`Lab::with_docker_or_skip`], for the user `user` (a host of the
+    /// multi-host lab runs its engine as a user of its own).
+    pub fn with_docker_for_or_skip(test: &str, user: &str) -> Option<Lab> {
+        let check = || {
+            prereq::check_docker()?;
+            LabUser::named(user)
+                .map_err(|e| format!("{e} (init-host/init-host.root.sh creates the multi-host lab's users)"))
+        };
+        Self::new_checked(test, check)
+    }
+
+    fn new_checked(test: &str, check: impl FnOnce() -> Result<LabUser, String>) -> Option<Lab> {
         match check() {
             Ok(user) => match Lab::create(user) {
                 Ok(lab) => Some(lab),
@@ -80,6 +96,7 @@ impl Lab {
             user,
             dir,
             netns: None,
+            uts: None,
         };
         lab.chown(lab.dir.path())?;
         for sub in ["bin", "run", "home"] {
@@ -143,15 +160,27 @@ impl Lab {
         self
     }
 
+    /// Runs every user process of this lab as on a host of its own: in the
+    /// network namespace `netns` and the UTS namespace `uts` (its host
+    /// name), see [`multihost::HostLan`].
+    pub fn on_host(mut self, netns: &str, uts: &Path) -> Self {
+        self.netns = Some(netns.to_owned());
+        self.uts = Some(uts.to_owned());
+        self
+    }
+
     /// A command that runs as the test user, with a clean environment (in
-    /// the lab's network namespace, if it has one).
+    /// the lab's network and UTS namespaces, if it has them).
     pub fn user_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = match &self.netns {
             // nsenter enters as root, then becomes the user.
             Some(ns) => {
                 let mut cmd = Command::new("nsenter");
-                cmd.arg(format!("--net=/run/netns/{ns}"))
-                    .args(["--setuid", &self.user.uid.to_string()])
+                cmd.arg(format!("--net=/run/netns/{ns}"));
+                if let Some(uts) = &self.uts {
+                    cmd.arg(format!("--uts={}", uts.display()));
+                }
+                cmd.args(["--setuid", &self.user.uid.to_string()])
                     .args(["--setgid", &self.user.gid.to_string()])
                     .arg("--")
                     .arg(program);

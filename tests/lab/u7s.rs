@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -21,6 +23,9 @@ pub struct U7s<'a> {
     /// How u7s finds the engine (`DOCKER_HOST`, `CONTAINER_ENGINE`…).
     engine_env: Vec<(String, String)>,
     context: PathBuf,
+    /// `HOST_IP` given to u7s; `None`: u7s detects it (a host of the
+    /// multi-host lab has a default route on its LAN).
+    host_ip: Option<&'static str>,
     pub work: PathBuf,
 }
 
@@ -28,6 +33,18 @@ impl<'a> U7s<'a> {
     /// u7s for the lab user, with `engine_env` set on every run; the base
     /// image must be in the engine already.
     pub fn new(lab: &'a Lab, engine_env: &[(&str, String)]) -> Self {
+        Self::with_context(lab, engine_env, node_context(lab, BASE, NODE_CMD))
+    }
+
+    /// u7s whose node image is built from `context` (see [`node_context`]),
+    /// detecting `HOST_IP` from the host's default route.
+    pub fn on_host(lab: &'a Lab, engine_env: &[(&str, String)], context: PathBuf) -> Self {
+        let mut u = Self::with_context(lab, engine_env, context);
+        u.host_ip = None;
+        u
+    }
+
+    fn with_context(lab: &'a Lab, engine_env: &[(&str, String)], context: PathBuf) -> Self {
         let work = lab.path().join("cluster");
         std::fs::create_dir_all(&work).expect("work dir");
         lab.chown(&work).expect("chown");
@@ -40,16 +57,19 @@ impl<'a> U7s<'a> {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), v.clone()))
                 .collect(),
-            context: node_context(lab),
+            context,
+            host_ip: Some(HOST_IP),
             work,
         }
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = self.lab.user_command(&self.bin);
-        cmd.envs(self.engine_env.iter().map(|(k, v)| (k, v)))
-            .env("HOST_IP", HOST_IP)
-            .env("U7S_NODE_IMAGE_DIR", &self.context)
+        cmd.envs(self.engine_env.iter().map(|(k, v)| (k, v)));
+        if let Some(ip) = self.host_ip {
+            cmd.env("HOST_IP", ip);
+        }
+        cmd.env("U7S_NODE_IMAGE_DIR", &self.context)
             .env("U7S_NETACCEL", self.lab.bin_dir().join("netaccel"))
             .current_dir(&self.work)
             .args(args)
@@ -122,6 +142,50 @@ impl<'a> U7s<'a> {
         cfg
     }
 
+    /// Runs `script` with `sh` under the node's first process (the node
+    /// image's job runner, see [`NODE_CMD`]) and waits up to `timeout` for
+    /// it to end; returns its exit code and output. A script that starts a
+    /// server with `&` leaves it running there.
+    pub fn job(&self, script: &str, timeout: Duration) -> (i32, String) {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!("job{}", NEXT.fetch_add(1, Ordering::SeqCst));
+        self.ok(
+            &[
+                "shell",
+                "--",
+                "sh",
+                "-c",
+                "printf '%s\\n' \"$1\" > /tmp/jobs/$2.part && mv /tmp/jobs/$2.part /tmp/jobs/$2.sh",
+                "sh",
+                script,
+                &name,
+            ],
+            &[],
+        );
+        let tenths = (timeout.as_millis() / 100).to_string();
+        let o = self.run(
+            &[
+                "shell",
+                "--",
+                "sh",
+                "-c",
+                "i=0; while [ ! -f /tmp/jobs/$1.rc ]; do i=$((i+1)); [ $i -le $2 ] || { echo \"job $1 still running\"; exit 124; }; sleep 0.1; done; cat /tmp/jobs/$1.out; exit $(cat /tmp/jobs/$1.rc)",
+                "sh",
+                &name,
+                &tenths,
+            ],
+            &[],
+        );
+        (o.status.code().unwrap_or(-1), output_text(&o))
+    }
+
+    /// [`U7s::job`] that must succeed; returns its output.
+    pub fn job_ok(&self, script: &str, timeout: Duration) -> String {
+        let (rc, out) = self.job(script, timeout);
+        assert_eq!(rc, 0, "job failed ({rc}): {script}\n{out}");
+        out
+    }
+
     /// The number of connections `u7s status` says the daemon bypassed.
     pub fn bypassed(&self, args: &[&str]) -> u64 {
         let st = self.ok(args, &[]);
@@ -133,14 +197,27 @@ impl<'a> U7s<'a> {
     }
 }
 
-/// The node's own service: like kubelet under the node's init, it runs as
-/// a descendant of the container's first process. It fetches the URL put
-/// into /tmp/fetch and writes the data's sha256 to /tmp/fetched.
-pub const FETCH_LOOP: &str = "while :; do if [ -f /tmp/fetch ]; then wget -q -O - $(cat /tmp/fetch) | sha256sum > /tmp/fetched.part; mv /tmp/fetched.part /tmp/fetched; rm /tmp/fetch; fi; sleep 1; done";
+/// The test node's main process. It says it is up, then runs the node's
+/// own services, like kubelet under the node's init: as descendants of the
+/// container's first process (only those get the fast path's notify
+/// listener from Debian's runc 1.1.5; processes of `u7s shell` do not).
+/// - a fetch loop: the URL put into /tmp/fetch is fetched and the data's
+///   sha256 written to /tmp/fetched;
+/// - a job runner: every `/tmp/jobs/NAME.sh` is run by `sh`, its output
+///   left in `NAME.out` and its exit code in `NAME.rc` (see [`U7s::job`]).
+pub const NODE_CMD: &str = concat!(
+    "echo u7s-test-node up; (",
+    "while :; do if [ -f /tmp/fetch ]; then wget -q -O - $(cat /tmp/fetch) | sha256sum > /tmp/fetched.part; ",
+    "mv /tmp/fetched.part /tmp/fetched; rm /tmp/fetch; fi; sleep 1; done",
+    ") & mkdir -p /tmp/jobs; while :; do for j in /tmp/jobs/*.sh; do [ -f \"$j\" ] || continue; ",
+    "mv \"$j\" \"$j.run\"; (sh \"$j.run\" > \"${j%.sh}.out\" 2>&1; echo $? > \"${j%.sh}.rc.part\"; ",
+    "mv \"${j%.sh}.rc.part\" \"${j%.sh}.rc\") & done; sleep 0.1; done"
+);
 
-/// A node image context: the busybox rootfs with every applet linked, and
-/// the entrypoint u7s ships for the real node image.
-pub fn node_context(lab: &Lab) -> PathBuf {
+/// A node image context: `base` (an image of the engine, e.g. the busybox
+/// rootfs with every applet linked) with the entrypoint u7s ships for the
+/// real node image, running `cmd`.
+pub fn node_context(lab: &Lab, base: &str, cmd: &str) -> PathBuf {
     let dir = lab.path().join("node-context");
     std::fs::create_dir_all(&dir).expect("context dir");
     let entrypoint =
@@ -149,11 +226,12 @@ pub fn node_context(lab: &Lab) -> PathBuf {
     std::fs::write(
         dir.join("Dockerfile"),
         format!(
-            "FROM {BASE}\n\
+            "FROM {base}\n\
              RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox mkdir -p /usr/bin /usr/local/bin && /bin/busybox --install -s /usr/bin\"]\n\
              COPY u7s-entrypoint.sh /usr/local/bin/u7s-entrypoint.sh\n\
              ENTRYPOINT [\"/usr/local/bin/u7s-entrypoint.sh\"]\n\
-             CMD [\"sh\", \"-c\", \"echo u7s-test-node up; {FETCH_LOOP}\"]\n"
+             CMD [\"sh\", \"-c\", {cmd}]\n",
+            cmd = serde_json::Value::from(cmd)
         ),
     )
     .expect("Dockerfile");

@@ -3,6 +3,10 @@
 /// Environment variable naming the test user.
 pub const USER_ENV: &str = "U7S_TEST_USER";
 pub const DEFAULT_USER: &str = "u7s-test";
+/// The users of the multi-host lab's hosts, one each (created by
+/// `init-host/init-host.root.sh`); no other test runs as them, so what is
+/// left of them after a lab is what the lab leaked.
+pub const HOST_USERS: [&str; 3] = ["u7s-host-a", "u7s-host-b", "u7s-host-c"];
 
 #[derive(Debug, Clone)]
 pub struct LabUser {
@@ -13,7 +17,12 @@ pub struct LabUser {
 
 impl LabUser {
     pub fn from_env() -> Result<Self, String> {
-        let name = std::env::var(USER_ENV).unwrap_or_else(|_| DEFAULT_USER.to_owned());
+        Self::named(&std::env::var(USER_ENV).unwrap_or_else(|_| DEFAULT_USER.to_owned()))
+    }
+
+    /// The unprivileged user `name` from /etc/passwd.
+    pub fn named(name: &str) -> Result<Self, String> {
+        let name = name.to_owned();
         let passwd = std::fs::read_to_string("/etc/passwd").map_err(|e| format!("/etc/passwd: {e}"))?;
         let user = passwd
             .lines()
