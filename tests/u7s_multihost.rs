@@ -417,7 +417,7 @@ fn two_hosts_join_talk_over_vxlan_and_accel_bypasses_the_control_plane() {
 }
 
 #[test]
-#[ignore = "three hosts: about N minutes; run with --ignored"]
+#[ignore = "three hosts: about 45 s more; run with --ignored"]
 fn three_hosts_pods_talk_over_vxlan_between_every_pair() {
     let test = "three_hosts_pods_talk_over_vxlan_between_every_pair";
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

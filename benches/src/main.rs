@@ -14,6 +14,7 @@
 //! rootless part): `cargo build --release --workspace --bins && target/release/netbench`.
 
 mod clients;
+mod crosshost;
 mod metrics;
 mod paths;
 mod plot;
@@ -55,6 +56,10 @@ struct Cli {
     /// Container lifecycles of the soak that follows the rounds (0: none).
     #[arg(long, default_value_t = 1000)]
     soak: usize,
+    /// Leave out the cross-host rows (two hosts of the multi-host lab, each
+    /// with its own rootless Docker and a u7s node; about a minute to set up).
+    #[arg(long)]
+    no_cross_host: bool,
 }
 
 const IPERF_PORT: u16 = 5201;
@@ -184,6 +189,31 @@ fn main() -> Result<()> {
         .filter(|(_, d)| !d)
         .map(|(r, _)| r)
         .collect();
+
+    let mut results = results;
+    if cli.no_cross_host {
+        notes.push("cross-host rows left out (--no-cross-host)".into());
+    } else {
+        eprintln!("cross-host: two hosts, each with its own rootless Docker and a u7s node");
+        match crosshost::run(cli.seconds, cli.repeat)? {
+            Some(cross) => {
+                for (round, paths) in cross.rounds.into_iter().enumerate() {
+                    for (name, samples) in paths {
+                        let path = results
+                            .iter_mut()
+                            .find(|p| p.name == name)
+                            .with_context(|| format!("no path {name} for the cross-host samples"))?;
+                        for sample in samples {
+                            path.add(round + 1, sample);
+                        }
+                    }
+                }
+            }
+            None => {
+                notes.push("cross-host rows left out: the multi-host lab's prerequisites are missing".into())
+            }
+        }
+    }
 
     check_paths_work(&results)?;
     let bypassed = daemon.bypassed_by_exited_containers();

@@ -31,6 +31,8 @@ pub enum Metric {
     RedisPingReconnect8,
     PgbenchConnect1,
     PgbenchConnect8,
+    CrossHostUp1,
+    CrossHostRate,
 }
 
 /// How a metric's samples read.
@@ -42,10 +44,14 @@ pub enum Kind {
     /// A real client (ab, redis-benchmark, pgbench): a failing client is a
     /// finding shown in the table, not a broken run.
     RealClient,
+    /// Measured on the multi-host lab (`crosshost.rs`): node B of one host
+    /// to node A's published port on another, for the host and rootless
+    /// Docker's own stack (slirp4netns 65520) with and without netaccel.
+    CrossHost,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 28] = [
+    pub const ALL: [Metric; 30] = [
         Metric::Up1,
         Metric::Up4,
         Metric::Down1,
@@ -74,6 +80,8 @@ impl Metric {
         Metric::RedisPingReconnect8,
         Metric::PgbenchConnect1,
         Metric::PgbenchConnect8,
+        Metric::CrossHostUp1,
+        Metric::CrossHostRate,
     ];
 
     pub fn kind(self) -> Kind {
@@ -86,6 +94,7 @@ impl Metric {
             | Metric::RedisPingReconnect8
             | Metric::PgbenchConnect1
             | Metric::PgbenchConnect8 => Kind::RealClient,
+            Metric::CrossHostUp1 | Metric::CrossHostRate => Kind::CrossHost,
             _ => Kind::Probe,
         }
     }
@@ -120,6 +129,8 @@ impl Metric {
             Metric::RedisPingReconnect8 => "redis_ping_reconnect_8_clients_4_threads_req_s",
             Metric::PgbenchConnect1 => "pgbench_connect_per_tx_1_client_tps",
             Metric::PgbenchConnect8 => "pgbench_connect_per_tx_8_clients_tps",
+            Metric::CrossHostUp1 => "cross_host_node_to_published_port_1_stream_gbit_s",
+            Metric::CrossHostRate => "cross_host_node_to_published_port_connections_per_s",
         }
     }
 
@@ -155,6 +166,8 @@ impl Metric {
             }
             Metric::PgbenchConnect1 => "pgbench -C (connection per transaction), 1 client (tps)",
             Metric::PgbenchConnect8 => "pgbench -C, 8 clients on 4 threads (tps)",
+            Metric::CrossHostUp1 => "cross-host: TCP node B → node A's published port, 1 stream (Gbit/s)",
+            Metric::CrossHostRate => "cross-host: short connections/s node B → node A's published port",
         }
     }
 }

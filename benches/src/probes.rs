@@ -304,12 +304,12 @@ fn inbound(lab: &Lab, path: &NetPath, port: u16, secs: &str, streams: &str) -> R
     })
 }
 
-fn last_json(out: &str) -> Result<Value> {
+pub fn last_json(out: &str) -> Result<Value> {
     let line = out.lines().last().context("probe printed nothing")?;
     serde_json::from_str(line).with_context(|| format!("probe printed {line:?}"))
 }
 
-fn number(v: &Value, key: &str) -> Result<f64> {
+pub fn number(v: &Value, key: &str) -> Result<f64> {
     v[key].as_f64().with_context(|| format!("no {key} in {v}"))
 }
 

@@ -17,8 +17,11 @@ pub const BASE: &str = "lab/busybox:1";
 /// An address for HOST_IP that no real host uses (TEST-NET-1).
 pub const HOST_IP: &str = "192.0.2.10";
 
+#[derive(Clone)]
 pub struct U7s<'a> {
     lab: &'a Lab,
+    /// Global flags given before every subcommand (`--tenant N`).
+    global: Vec<String>,
     bin: PathBuf,
     /// How u7s finds the engine (`DOCKER_HOST`, `CONTAINER_ENGINE`…).
     engine_env: Vec<(String, String)>,
@@ -58,6 +61,7 @@ impl<'a> U7s<'a> {
                 .map(|(k, v)| ((*k).to_owned(), v.clone()))
                 .collect(),
             context,
+            global: Vec::new(),
             host_ip: Some(HOST_IP),
             work,
         }
@@ -72,6 +76,7 @@ impl<'a> U7s<'a> {
         cmd.env("U7S_NODE_IMAGE_DIR", &self.context)
             .env("U7S_NETACCEL", self.lab.bin_dir().join("netaccel"))
             .current_dir(&self.work)
+            .args(&self.global)
             .args(args)
             .stdin(Stdio::null());
         cmd
@@ -140,6 +145,14 @@ impl<'a> U7s<'a> {
             "{cfg}"
         );
         cfg
+    }
+
+    /// The same u7s for instance `n` beside the first on this host
+    /// (`--tenant N` before every subcommand).
+    pub fn tenant(&self, n: u8) -> Self {
+        let mut u = self.clone();
+        u.global = vec!["--tenant".into(), n.to_string()];
+        u
     }
 
     /// Runs `script` with `sh` under the node's first process (the node
