@@ -237,13 +237,14 @@ fn etcd_across(a: &LabHost, b: &LabHost, key: &str, value: &str) {
     assert_eq!(got.trim(), value, "{got}");
 }
 
-/// Who holds B's host-side socket of a connection from B's node to A's
-/// apiserver port: `slirp4netns` (the user-mode stack) or the node's own
-/// process (the fast path swapped a host socket in).
-fn holder_of_connection_to_apiserver(a: &LabHost, b: &LabHost) -> String {
+/// Who holds B's host-side socket of a connection from B's node (`in_pod`:
+/// from its pod) to A's apiserver port: `slirp4netns` (the user-mode stack)
+/// or the node's own process (the fast path swapped a host socket in).
+fn holder_of_connection_to_apiserver(a: &LabHost, b: &LabHost, in_pod: bool) -> String {
+    let prefix = if in_pod { IN_POD } else { "" };
     b.u.job_ok(
         &format!(
-            "labnet pingpong {}:{APISERVER_PORT} --count 200000 > /tmp/pingpong.log 2>&1 & echo $! > /tmp/pingpong.pid",
+            "{prefix} labnet pingpong {}:{APISERVER_PORT} --count 200000 > /tmp/pingpong.log 2>&1 & echo $! > /tmp/pingpong.pid",
             a.ns.addr
         ),
         STEP,
@@ -342,7 +343,7 @@ fn two_hosts_join_talk_over_vxlan_and_accel_bypasses_the_control_plane() {
         // The control plane across hosts, B without the fast path.
         start_control_plane(a);
         etcd_across(a, b, "lab/written-by", "b");
-        let holder = holder_of_connection_to_apiserver(a, b);
+        let holder = holder_of_connection_to_apiserver(a, b, false);
         assert!(holder.contains("slirp4netns"), "{holder}");
 
         // B on the fast path: its node is recreated, state kept.
@@ -369,7 +370,7 @@ fn two_hosts_join_talk_over_vxlan_and_accel_bypasses_the_control_plane() {
             5,
             "exactly the node's 5 connects"
         );
-        let holder = holder_of_connection_to_apiserver(a, b);
+        let holder = holder_of_connection_to_apiserver(a, b, false);
         assert!(
             holder.contains("labnet"),
             "a host socket held by the node's process: {holder}"
@@ -386,6 +387,23 @@ fn two_hosts_join_talk_over_vxlan_and_accel_bypasses_the_control_plane() {
             STEP,
         );
         assert!(out.contains("\"failed\":0"), "{out}");
+        assert_eq!(b.u.bypassed(&["status"]), before, "no pod connect bypassed");
+        // A pod's connect to another host (masqueraded by its node) is
+        // notified too, the filter being inherited, but its socket lives in
+        // the pod's namespace: kept, so it goes through slirp4netns.
+        let out = b.u.job_ok(
+            &format!(
+                "{IN_POD} labnet connect-loop {}:{APISERVER_PORT} --count 5 --interval-ms 10",
+                a.ns.addr
+            ),
+            STEP,
+        );
+        assert!(out.contains("\"failed\":0"), "{out}");
+        let holder = holder_of_connection_to_apiserver(a, b, true);
+        assert!(
+            holder.contains("slirp4netns"),
+            "a pod's connection stays on the user-mode stack: {holder}"
+        );
         assert_eq!(b.u.bypassed(&["status"]), before, "no pod connect bypassed");
 
         // Lifecycle: down/up keeps the etcd data on A and the node state on

@@ -1,9 +1,12 @@
 //! A property of the live daemon: whatever sequence of registrations,
-//! notified calls, container exits and bad messages it is handed, it keeps
-//! serving the containers it has (a witness registered first gets every
-//! connect answered after every step), never panics, and gives back every
-//! fd it took once the containers are gone (its own and its keeper's open
-//! fds return to their baseline).
+//! notified calls, container exits, bad messages and bypass4netnsd API
+//! requests (nerdctl's bodies whole or damaged, random path parameters and
+//! routes) it is handed, it keeps serving the containers it has (a witness
+//! registered first gets every connect answered after every step), answers
+//! every API request with a success or a client's error, never panics, and
+//! gives back every fd it took once the containers are gone and the API's
+//! bypasses deleted (its own and its keeper's open fds return to their
+//! baseline).
 //!
 //! The sequence is drawn from a seed (printed; replay it with
 //! `NETACCEL_PROPERTY_SEED=N`); `NETACCEL_PROPERTY_STEPS` sets its length
@@ -22,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use netaccel::sys::fdpass::send_with_fds;
 use rootless_lab::seccomp::notify_connect_on_this_thread;
-use rootless_lab::wait_for;
+use rootless_lab::{unix_http, wait_for};
 
 /// xorshift64*: the sequence must replay from its seed alone.
 struct Rng(u64);
@@ -51,6 +54,9 @@ fn env_u64(name: &str) -> Option<u64> {
 struct Daemon {
     child: Child,
     socket: PathBuf,
+    /// The bypass4netnsd-compatible API; sockets it is asked for must lie
+    /// in its directory.
+    api: PathBuf,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -59,22 +65,26 @@ impl Daemon {
     fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("netaccel.sock");
+        let api = dir.path().join("bypass4netnsd.sock");
         let log = dir.path().join("daemon.log");
         let child = Command::new(env!("CARGO_BIN_EXE_netaccel"))
-            .args(["daemon", "--no-api", "--keeper-wait", "1", "--socket"])
+            .args(["daemon", "--keeper-wait", "1", "--socket"])
             .arg(&socket)
+            .arg("--api-socket")
+            .arg(&api)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("start daemon");
         wait_for("the daemon to listen", Duration::from_secs(10), || {
-            socket.exists().then_some(())
+            (socket.exists() && api.exists()).then_some(())
         })
         .unwrap_or_else(|e| panic!("{e}"));
         Self {
             child,
             socket,
+            api,
             log,
             _dir: dir,
         }
@@ -194,6 +204,76 @@ fn container(
     rx
 }
 
+/// Every byte as `%XX`: any bytes make a valid request path.
+fn percent(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("%{b:02X}")).collect()
+}
+
+/// One request to the bypass4netnsd-compatible API: nerdctl's body (its
+/// socket inside the API's directory, so the bypass starts) whole or
+/// damaged, random bytes, a path parameter of random bytes, an unknown
+/// route or method. Every answer must be a client's error or a success.
+fn api_request(d: &Daemon, rng: &mut Rng, step: u64) -> (String, u16) {
+    let dir = d.api.parent().expect("api dir");
+    let id = format!("{step:016x}");
+    let body = serde_json::json!({
+        "id": id, "socketPath": dir.join(format!("bypass4netns/{}.sock", &id[..15])),
+        "pidFilePath": dir.join(format!("{id}.pid")), "logFilePath": "",
+        "portMapping": [{"protos": ["tcp"], "parentIP": "0.0.0.0", "parentPort": 20000 + step % 20000, "childIP": "", "childPort": 80}],
+        "ignoreSubnets": ["10.4.0.0/24", "auto"], "ignoreBind": rng.below(2) == 0
+    })
+    .to_string();
+    let (method, path, body, what) = match rng.below(6) {
+        0 => ("POST", "/v1/bypass".to_owned(), body, "nerdctl's POST"),
+        1 => {
+            let mut b = body.into_bytes();
+            for _ in 0..1 + rng.below(4) {
+                let i = rng.below(b.len() as u64) as usize;
+                b[i] = rng.next() as u8;
+            }
+            (
+                "POST",
+                "/v1/bypass".to_owned(),
+                String::from_utf8_lossy(&b).into_owned(),
+                "a damaged POST",
+            )
+        }
+        2 => {
+            let len = rng.below(200) as usize;
+            (
+                "POST",
+                "/v1/bypass".to_owned(),
+                String::from_utf8_lossy(&rng.bytes(len)).into_owned(),
+                "random bytes POSTed",
+            )
+        }
+        3 => {
+            let len = rng.below(300) as usize;
+            let path = format!("/v1/bypass/{}", percent(&rng.bytes(len)));
+            ("DELETE", path, String::new(), "DELETE of a random id")
+        }
+        4 => (
+            "DELETE",
+            format!("/v1/bypass/{:016x}", rng.below(step.max(1))),
+            String::new(),
+            "DELETE of an earlier id",
+        ),
+        _ => {
+            let method = ["GET", "PUT", "PATCH", "DELETE"][rng.below(4) as usize];
+            let path =
+                ["/v1/bypass", "/v1/netaccel/status", "/v1/bypass/", "/v2", "/"][rng.below(5) as usize];
+            (method, path.to_owned(), String::new(), "another method or route")
+        }
+    };
+    let (code, answer) = unix_http(&d.api, method, &path, &body).expect("the API answers");
+    assert!(
+        (200..500).contains(&code),
+        "step {step}: {method} {path} ({what}) answered {code}: {answer}\n{}",
+        d.log()
+    );
+    (format!("API: {what} ({code})"), code)
+}
+
 /// Sends raw bytes (and fds) and hangs up: a client that is not runc.
 fn raw_message(socket: &Path, bytes: &[u8], fds: &[OwnedFd]) {
     let Ok(mut s) = UnixStream::connect(socket) else {
@@ -267,9 +347,10 @@ fn any_sequence_of_registrations_exits_and_bad_messages_keeps_the_daemon_serving
     })
     .unwrap_or_else(|e| panic!("{e}: {:?} against {baseline:?}", d.open_fds(keeper)));
     let mut pending = Vec::new();
-    let mut counts = [0u32; 7];
+    let mut counts = [0u32; 8];
+    let mut answers_by_code = std::collections::BTreeMap::new();
     for step in 0..steps {
-        let kind = rng.below(7) as usize;
+        let kind = rng.below(8) as usize;
         counts[kind] += 1;
         let what = match kind {
             0 => {
@@ -345,10 +426,15 @@ fn any_sequence_of_registrations_exits_and_bad_messages_keeps_the_daemon_serving
                 raw_message(&d.socket, &state_json(std::process::id(), "nofd"), &[]);
                 "a state without any fd".into()
             }
-            _ => {
+            6 => {
                 let s = UnixStream::connect(&d.socket).ok();
                 drop(s);
                 "a client that hangs up at once".into()
+            }
+            _ => {
+                let (what, code) = api_request(&d, &mut rng, step);
+                *answers_by_code.entry(code).or_insert(0u32) += 1;
+                what
             }
         };
         // Every container step answered (or its thread would hang here).
@@ -379,11 +465,29 @@ fn any_sequence_of_registrations_exits_and_bad_messages_keeps_the_daemon_serving
         d.assert_alive(&format!("step {step} ({what})"));
     }
     eprintln!(
-        "steps by kind (register+connect, extra fds, damaged state, other pid, random bytes, no fd, hang-up): {counts:?}"
+        "steps by kind (register+connect, extra fds, damaged state, other pid, random bytes, no fd, hang-up, API request): {counts:?}; API answers by status: {answers_by_code:?}"
+    );
+    assert!(
+        answers_by_code.contains_key(&201) && answers_by_code.contains_key(&400),
+        "the API both started bypasses and refused bodies: {answers_by_code:?}"
     );
 
-    // The witness exits too; then every fd the daemon and keeper took for
-    // the containers is given back.
+    // The bypasses the API started are stopped through it; the witness
+    // exits too; then every fd the daemon and keeper took is given back.
+    let (code, listed) = unix_http(&d.api, "GET", "/v1/bypass", "").expect("list");
+    assert_eq!(code, 200, "{listed}");
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("list JSON");
+    for b in listed.as_array().expect("a list") {
+        let id = b["id"].as_str().expect("id");
+        let (code, body) = unix_http(
+            &d.api,
+            "DELETE",
+            &format!("/v1/bypass/{}", percent(id.as_bytes())),
+            "",
+        )
+        .expect("delete");
+        assert_eq!(code, 200, "DELETE {id}: {body}");
+    }
     drop(ask);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

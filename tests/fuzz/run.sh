@@ -7,6 +7,9 @@
 #   tests/fuzz/run.sh [SECONDS] [TARGET…]
 set -euo pipefail
 cd "$(dirname "$0")"
+command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz missing: cargo install --locked cargo-fuzz" >&2; exit 1; }
+rustup run nightly rustc --version >/dev/null 2>&1 \
+    || { echo "cargo-fuzz needs a nightly toolchain: rustup toolchain install nightly" >&2; exit 1; }
 seconds=${1:-45}
 shift || true
 targets=("$@")

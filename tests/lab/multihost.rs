@@ -304,7 +304,8 @@ impl PodNet {
     /// the node's VTEP address, and for every peer a neighbour entry, an FDB
     /// entry aiming at the peer's host IP and a route to its pod subnet;
     /// plus a pod (network namespace `pod`) the way the CNI bridge plugin
-    /// wires one.
+    /// wires one, and the masquerade of pod traffic leaving the pod network
+    /// (Flannel's `ip-masq`).
     pub fn flannel_script(&self, port: u16, peers: &[PodNet]) -> String {
         let mut s = format!(
             "set -e\n\
@@ -320,7 +321,8 @@ impl PodNet {
              {IN_POD} /usr/sbin/ip link set lo up\n\
              {IN_POD} /usr/sbin/ip addr add {pod}/24 dev eth0\n\
              {IN_POD} /usr/sbin/ip link set eth0 up\n\
-             {IN_POD} /usr/sbin/ip route add default via 10.244.{i}.1\n",
+             {IN_POD} /usr/sbin/ip route add default via 10.244.{i}.1\n\
+             /usr/sbin/iptables -t nat -A POSTROUTING -s 10.244.0.0/16 ! -d 10.244.0.0/16 -j MASQUERADE\n",
             mac = self.mac(),
             vtep = self.vtep(),
             i = self.index,
@@ -364,8 +366,8 @@ pub fn flannel_rule_command() -> Result<String> {
 }
 
 /// A tarball of the lab nodes' root filesystem: busybox, and this machine's
-/// iproute2 (`ip`, `bridge`), ethtool, etcd, etcdctl, iperf3 and labnet
-/// with their libraries.
+/// iproute2 (`ip`, `bridge`), iptables (nft), ethtool, etcd, etcdctl,
+/// iperf3 and labnet with their libraries.
 pub fn node_rootfs_tar(lab: &Lab) -> Result<PathBuf> {
     let tar = lab.path().join("node-rootfs.tar");
     if tar.exists() {
@@ -383,9 +385,15 @@ pub fn node_rootfs_tar(lab: &Lab) -> Result<PathBuf> {
         fs.binary(Path::new(bin), None)?;
     }
     fs.binary(&workspace_bin("labnet")?, Some("/usr/local/bin/labnet"))?;
+    // iptables (the nft backend; it loads its matches and targets by name).
+    fs.binary(Path::new("/usr/sbin/xtables-nft-multi"), None)?
+        .symlink("xtables-nft-multi", "/usr/sbin/iptables")?
+        .directory(Path::new(XTABLES_DIR))?;
     fs.tar(lab, &tar)?;
     Ok(tar)
 }
+
+const XTABLES_DIR: &str = "/usr/lib/x86_64-linux-gnu/xtables";
 
 /// How long a step in a node may take on a loaded 2-core machine.
 pub const STEP: Duration = Duration::from_secs(60);

@@ -41,6 +41,27 @@ impl Rootfs {
         Ok(self)
     }
 
+    /// Copies a directory of this machine (plugins a binary loads by name,
+    /// such as iptables' extensions) to its own path in the tree, with the
+    /// libraries its files load.
+    pub fn directory(&mut self, dir: &Path) -> Result<&mut Self> {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            if path.is_file() {
+                self.binary(&path, None)?;
+            }
+        }
+        Ok(self)
+    }
+
+    /// A symbolic link at `path` in the tree pointing to `target`.
+    pub fn symlink(&mut self, target: &str, path: &str) -> Result<&mut Self> {
+        let link = self.root.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(link.parent().context("link without a directory")?)?;
+        std::os::unix::fs::symlink(target, &link)?;
+        Ok(self)
+    }
+
     fn copy_in(&self, src: &Path, dest: &Path) -> Result<()> {
         let dst = self.root.join(dest.strip_prefix("/").unwrap_or(dest));
         std::fs::create_dir_all(dst.parent().context("path without a directory")?)?;
