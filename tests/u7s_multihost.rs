@@ -176,6 +176,17 @@ fn pod_to_pod(from: &LabHost, to: PodNet) {
     assert!(out.contains("\"echo_intact\":true"), "{out}");
 }
 
+/// Five connects from `h`'s node (`in_pod`: from its pod) to `dst`, each
+/// with its echo checked; all must succeed.
+fn five_connects(h: &LabHost, in_pod: bool, dst: &str) {
+    let prefix = if in_pod { IN_POD } else { "" };
+    let out = h.u.job_ok(
+        &format!("{prefix} labnet connect-loop {dst} --count 5 --interval-ms 10"),
+        STEP,
+    );
+    assert!(out.contains("\"failed\":0"), "{out}");
+}
+
 /// iperf3 from the pod of `from` to pod `to` for 3 s; Gbit/s received.
 fn pod_throughput(from: &LabHost, to: PodNet) -> f64 {
     let out = from.u.job_ok(
@@ -272,21 +283,31 @@ fn h_root(h: &LabHost, args: &[&str]) -> std::process::Command {
     cmd
 }
 
-#[test]
-fn two_hosts_join_talk_over_vxlan_and_accel_bypasses_the_control_plane() {
-    let test = "two_hosts_join_talk_over_vxlan_and_accel_bypasses_the_control_plane";
+/// `n` hosts started for `body` (one lab at a time), then torn down: no
+/// process of the hosts' users and no namespace of the lab may be left.
+fn on_hosts(test: &str, n: usize, body: impl FnOnce(&[LabHost])) {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(mh) = MultiHost::create_or_skip(test, 2) else {
+    let Some(mh) = MultiHost::create_or_skip(test, n) else {
         return;
     };
     {
-        let hosts = mh.start().expect("two hosts with rootless Docker");
+        let hosts = mh.start().expect("hosts with rootless Docker");
+        body(&hosts);
+    }
+    let left = mh.teardown(Duration::from_secs(15));
+    assert!(left.is_empty(), "left after teardown: {left:#?}");
+}
+
+#[test]
+fn two_hosts_join_talk_over_vxlan_and_accel_bypasses_the_control_plane() {
+    let test = "two_hosts_join_talk_over_vxlan_and_accel_bypasses_the_control_plane";
+    on_hosts(test, 2, |hosts| {
         let (a, b) = (&hosts[0], &hosts[1]);
-        let subnets = bring_up(&hosts);
+        let subnets = bring_up(hosts);
         join_flow(a, b, &subnets[0]);
 
         // VXLAN as Flannel sets it up; pods talk both ways.
-        let pods = pod_nets(&hosts);
+        let pods = pod_nets(hosts);
         for (h, me) in hosts.iter().zip(&pods) {
             wire_pods(h, *me, &pods, false);
         }
@@ -318,14 +339,14 @@ fn two_hosts_join_talk_over_vxlan_and_accel_bypasses_the_control_plane() {
         );
         // The fix u7s ships for rootless nodes: its udev rule's command (the
         // entrypoint armed it by leaving the marker).
-        for h in &hosts {
+        for h in hosts {
             apply_flannel_rule(h);
         }
         pod_to_pod(a, pods[1]);
         pod_to_pod(b, pods[0]);
         // The packets took the published UDP port: rootlesskit holds it on
         // each host.
-        for h in &hosts {
+        for h in hosts {
             let ss = rootless_lab::run(&mut h_root(
                 h,
                 &["ss", "-Hunlp", &format!("sport = :{FLANNEL_PORT}")],
@@ -357,14 +378,7 @@ fn two_hosts_join_talk_over_vxlan_and_accel_bypasses_the_control_plane() {
         let etcd = b.u.bypassed(&["status"]) - before;
         assert!(etcd >= 3, "etcdctl's connects to A's etcd bypassed: {etcd}");
         let before = b.u.bypassed(&["status"]);
-        let out = b.u.job_ok(
-            &format!(
-                "labnet connect-loop {}:{APISERVER_PORT} --count 5 --interval-ms 10",
-                a.ns.addr
-            ),
-            STEP,
-        );
-        assert!(out.contains("\"failed\":0"), "{out}");
+        five_connects(b, false, &format!("{}:{APISERVER_PORT}", a.ns.addr));
         assert_eq!(
             b.u.bypassed(&["status"]) - before,
             5,
@@ -379,26 +393,12 @@ fn two_hosts_join_talk_over_vxlan_and_accel_bypasses_the_control_plane() {
         let before = b.u.bypassed(&["status"]);
         pod_to_pod(b, pods[0]);
         pod_to_pod(a, pods[1]);
-        let out = b.u.job_ok(
-            &format!(
-                "{IN_POD} labnet connect-loop {}:{POD_ECHO_PORT} --count 5 --interval-ms 10",
-                pods[0].pod_ip()
-            ),
-            STEP,
-        );
-        assert!(out.contains("\"failed\":0"), "{out}");
+        five_connects(b, true, &format!("{}:{POD_ECHO_PORT}", pods[0].pod_ip()));
         assert_eq!(b.u.bypassed(&["status"]), before, "no pod connect bypassed");
         // A pod's connect to another host (masqueraded by its node) is
         // notified too, the filter being inherited, but its socket lives in
         // the pod's namespace: kept, so it goes through slirp4netns.
-        let out = b.u.job_ok(
-            &format!(
-                "{IN_POD} labnet connect-loop {}:{APISERVER_PORT} --count 5 --interval-ms 10",
-                a.ns.addr
-            ),
-            STEP,
-        );
-        assert!(out.contains("\"failed\":0"), "{out}");
+        five_connects(b, true, &format!("{}:{APISERVER_PORT}", a.ns.addr));
         let holder = holder_of_connection_to_apiserver(a, b, true);
         assert!(
             holder.contains("slirp4netns"),
@@ -429,25 +429,18 @@ fn two_hosts_join_talk_over_vxlan_and_accel_bypasses_the_control_plane() {
         b.u.ok(&["up"], &[]);
         let o = b.u.run(&["shell", "--", "cat", "/var/lab-state"], &[]);
         assert!(!o.status.success(), "down -v wiped /var: {}", output_text(&o));
-    }
-    let left = mh.leftovers(Duration::from_secs(15));
-    assert!(left.is_empty(), "processes left after teardown: {left:#?}");
+    });
 }
 
 #[test]
 #[ignore = "three hosts: about 45 s more; run with --ignored"]
 fn three_hosts_pods_talk_over_vxlan_between_every_pair() {
     let test = "three_hosts_pods_talk_over_vxlan_between_every_pair";
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(mh) = MultiHost::create_or_skip(test, 3) else {
-        return;
-    };
-    {
-        let hosts = mh.start().expect("three hosts with rootless Docker");
-        let subnets = bring_up(&hosts);
+    on_hosts(test, 3, |hosts| {
+        let subnets = bring_up(hosts);
         join_flow(&hosts[0], &hosts[1], &subnets[0]);
         join_flow(&hosts[0], &hosts[2], &subnets[0]);
-        let pods = pod_nets(&hosts);
+        let pods = pod_nets(hosts);
         for (h, me) in hosts.iter().zip(&pods) {
             wire_pods(h, *me, &pods, true);
         }
@@ -461,7 +454,5 @@ fn three_hosts_pods_talk_over_vxlan_between_every_pair() {
         start_control_plane(&hosts[0]);
         etcd_across(&hosts[0], &hosts[1], "lab/b", "1");
         etcd_across(&hosts[0], &hosts[2], "lab/c", "1");
-    }
-    let left = mh.leftovers(Duration::from_secs(15));
-    assert!(left.is_empty(), "processes left after teardown: {left:#?}");
+    });
 }

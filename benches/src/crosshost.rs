@@ -77,8 +77,8 @@ pub fn run(seconds: u32, repeat: usize) -> Result<Option<CrossHostSamples>> {
     }
     accel.ok(&["down", "-v"], &[]);
     drop(hosts);
-    let left = mh.leftovers(Duration::from_secs(15));
-    anyhow::ensure!(left.is_empty(), "cross-host lab left processes: {left:?}");
+    let left = mh.teardown(Duration::from_secs(15));
+    anyhow::ensure!(left.is_empty(), "the cross-host lab left: {left:?}");
     Ok(Some(CrossHostSamples { rounds }))
 }
 

@@ -4,77 +4,20 @@
 //! Real notify fds come from a seccomp filter loaded on one test thread only
 //! (`rootless_lab::seccomp`), so only that thread's connect(2) is notified.
 
+mod common;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use common::Daemon;
 use netaccel::sys::fdpass::send_with_fds;
 use rootless_lab::seccomp::notify_connect_on_this_thread;
-use rootless_lab::wait_for;
-
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let socket = dir.path().join("netaccel.sock");
-        let log = dir.path().join("daemon.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_netaccel"))
-            .args(["daemon", "--no-api", "--log-level", "debug", "--socket"])
-            .arg(&socket)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start daemon");
-        wait_for("the daemon to listen", Duration::from_secs(10), || {
-            socket.exists().then_some(())
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-        Self {
-            child,
-            socket,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_log(&self, needle: &str) {
-        wait_for("the daemon log", Duration::from_secs(10), || {
-            self.log().contains(needle).then_some(())
-        })
-        .unwrap_or_else(|e| panic!("{e}: log never said {needle:?}:\n{}", self.log()));
-    }
-
-    fn assert_alive(&mut self) {
-        assert!(
-            matches!(self.child.try_wait(), Ok(None)),
-            "daemon died:\n{}",
-            self.log()
-        );
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn state_json(pid: u32, fds: &[&str]) -> Vec<u8> {
     serde_json::json!({
@@ -126,15 +69,15 @@ fn registered_thread_connects_with(
 
 #[test]
 fn malformed_state_json_is_served_pass_through() {
-    let mut d = Daemon::start();
+    let mut d = Daemon::start(false, &["--log-level", "debug"]);
     assert!(registered_thread_connects(&d.socket, b"{not json".to_vec(), 0));
     d.wait_log("bad registration");
-    d.assert_alive();
+    d.assert_alive("it");
 }
 
 #[test]
 fn oversized_state_is_served_pass_through() {
-    let mut d = Daemon::start();
+    let mut d = Daemon::start(false, &["--log-level", "debug"]);
     // One JSON value larger than the limit (the daemon stops reading at a
     // whole value, so the size must be inside it).
     let mut state: serde_json::Value =
@@ -143,26 +86,26 @@ fn oversized_state_is_served_pass_through() {
     let big = state.to_string().into_bytes();
     assert!(registered_thread_connects(&d.socket, big, 0));
     d.wait_log("larger than 1 MiB");
-    d.assert_alive();
+    d.assert_alive("it");
 }
 
 #[test]
 fn several_fds_are_served_pass_through_and_extras_closed() {
-    let mut d = Daemon::start();
+    let mut d = Daemon::start(false, &["--log-level", "debug"]);
     let payload = state_json(std::process::id(), &["seccompFd"]);
     assert!(registered_thread_connects(&d.socket, payload, 2));
     d.wait_log("not a seccomp notify fd");
     d.wait_log("fd(s) came with it");
-    d.assert_alive();
+    d.assert_alive("it");
 }
 
 #[test]
 fn a_valid_registration_from_the_host_namespace_keeps_working() {
-    let mut d = Daemon::start();
+    let mut d = Daemon::start(false, &["--log-level", "debug"]);
     let payload = state_json(std::process::id(), &["seccompFd"]);
     assert!(registered_thread_connects(&d.socket, payload, 0));
     d.wait_log("shares the daemon's network namespace");
-    d.assert_alive();
+    d.assert_alive("it");
 }
 
 #[test]
@@ -170,7 +113,7 @@ fn a_registration_whose_sender_keeps_the_connection_open_is_served_at_once() {
     // runc closes its connection to the agent only when its process exits;
     // `runc run` lives as long as the container. The daemon must act on the
     // whole message, not wait for EOF (which would deadlock both).
-    let mut d = Daemon::start();
+    let mut d = Daemon::start(false, &["--log-level", "debug"]);
     let payload = state_json(std::process::id(), &["seccompFd"]);
     assert!(
         registered_thread_connects_with(&d.socket, payload, 0, true),
@@ -179,12 +122,12 @@ fn a_registration_whose_sender_keeps_the_connection_open_is_served_at_once() {
     );
     d.wait_log("shares the daemon's network namespace");
     assert!(!d.log().contains("registration timed out"), "{}", d.log());
-    d.assert_alive();
+    d.assert_alive("it");
 }
 
 #[test]
 fn messages_without_a_notify_fd_are_logged_and_dropped() {
-    let mut d = Daemon::start();
+    let mut d = Daemon::start(false, &["--log-level", "debug"]);
     // No fd at all.
     let mut s = UnixStream::connect(&d.socket).expect("connect");
     s.write_all(&state_json(1, &["seccompFd"])).expect("write");
@@ -204,12 +147,12 @@ fn messages_without_a_notify_fd_are_logged_and_dropped() {
     // The daemon still registers others while one client idles.
     assert!(registered_thread_connects(&d.socket, b"[]".to_vec(), 0));
     drop(idle);
-    d.assert_alive();
+    d.assert_alive("it");
 }
 
 #[test]
 fn a_second_daemon_on_the_same_socket_is_refused() {
-    let d = Daemon::start();
+    let d = Daemon::start(false, &["--log-level", "debug"]);
     let out = Command::new(env!("CARGO_BIN_EXE_netaccel"))
         .args(["daemon", "--no-api", "--socket"])
         .arg(&d.socket)

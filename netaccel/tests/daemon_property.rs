@@ -14,18 +14,21 @@
 //! their own (`rootless_lab::seccomp`); a thread that ends is a container
 //! that exited.
 
+mod common;
+
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use netaccel::sys::fdpass::send_with_fds;
 use rootless_lab::seccomp::notify_connect_on_this_thread;
 use rootless_lab::{unix_http, wait_for};
+
+use common::Daemon;
 
 /// xorshift64*: the sequence must replay from its seed alone.
 struct Rng(u64);
@@ -49,99 +52,6 @@ impl Rng {
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    /// The bypass4netnsd-compatible API; sockets it is asked for must lie
-    /// in its directory.
-    api: PathBuf,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let socket = dir.path().join("netaccel.sock");
-        let api = dir.path().join("bypass4netnsd.sock");
-        let log = dir.path().join("daemon.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_netaccel"))
-            .args(["daemon", "--keeper-wait", "1", "--socket"])
-            .arg(&socket)
-            .arg("--api-socket")
-            .arg(&api)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start daemon");
-        wait_for("the daemon to listen", Duration::from_secs(10), || {
-            (socket.exists() && api.exists()).then_some(())
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-        Self {
-            child,
-            socket,
-            api,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The keeper's pid, once the daemon logged that it attached to it.
-    fn keeper_pid(&self) -> u32 {
-        wait_for(
-            "the daemon to attach to its keeper",
-            Duration::from_secs(10),
-            || {
-                let log = self.log();
-                let line = log
-                    .lines()
-                    .find(|l| l.contains("attached to the keeper"))?
-                    .to_owned();
-                line.split("keeper=")
-                    .nth(1)?
-                    .split(|c: char| !c.is_ascii_digit())
-                    .next()?
-                    .parse()
-                    .ok()
-            },
-        )
-        .unwrap_or_else(|e| panic!("{e}:\n{}", self.log()))
-    }
-
-    /// Open fds of the daemon and of its keeper, by pid.
-    fn open_fds(&self, keeper: u32) -> Vec<(u32, usize)> {
-        [self.child.id(), keeper]
-            .into_iter()
-            .map(|pid| {
-                let n = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
-                (pid, n)
-            })
-            .collect()
-    }
-
-    fn assert_alive(&mut self, step: &str) {
-        assert!(
-            matches!(self.child.try_wait(), Ok(None)),
-            "daemon died after {step}:\n{}",
-            self.log()
-        );
-        assert!(!self.log().contains("panicked"), "after {step}:\n{}", self.log());
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn state_json(pid: u32, id: &str) -> Vec<u8> {
@@ -214,7 +124,12 @@ fn percent(bytes: &[u8]) -> String {
 /// damaged, random bytes, a path parameter of random bytes, an unknown
 /// route or method. Every answer must be a client's error or a success.
 fn api_request(d: &Daemon, rng: &mut Rng, step: u64) -> (String, u16) {
-    let dir = d.api.parent().expect("api dir");
+    let dir = d
+        .api
+        .as_deref()
+        .expect("started with the API")
+        .parent()
+        .expect("api dir");
     let id = format!("{step:016x}");
     let body = serde_json::json!({
         "id": id, "socketPath": dir.join(format!("bypass4netns/{}.sock", &id[..15])),
@@ -265,7 +180,13 @@ fn api_request(d: &Daemon, rng: &mut Rng, step: u64) -> (String, u16) {
             (method, path.to_owned(), String::new(), "another method or route")
         }
     };
-    let (code, answer) = unix_http(&d.api, method, &path, &body).expect("the API answers");
+    let (code, answer) = unix_http(
+        d.api.as_deref().expect("started with the API"),
+        method,
+        &path,
+        &body,
+    )
+    .expect("the API answers");
     assert!(
         (200..500).contains(&code),
         "step {step}: {method} {path} ({what}) answered {code}: {answer}\n{}",
@@ -318,7 +239,7 @@ fn any_sequence_of_registrations_exits_and_bad_messages_keeps_the_daemon_serving
     // Accepts (and drops) every connection, so the backlog never fills.
     std::thread::spawn(move || for _ in listener.incoming() {});
 
-    let mut d = Daemon::start();
+    let mut d = Daemon::start(true, &["--keeper-wait", "1"]);
     let keeper = d.keeper_pid();
     let baseline = d.open_fds(keeper);
     let (ask, asked) = mpsc::channel();
@@ -474,13 +395,19 @@ fn any_sequence_of_registrations_exits_and_bad_messages_keeps_the_daemon_serving
 
     // The bypasses the API started are stopped through it; the witness
     // exits too; then every fd the daemon and keeper took is given back.
-    let (code, listed) = unix_http(&d.api, "GET", "/v1/bypass", "").expect("list");
+    let (code, listed) = unix_http(
+        d.api.as_deref().expect("started with the API"),
+        "GET",
+        "/v1/bypass",
+        "",
+    )
+    .expect("list");
     assert_eq!(code, 200, "{listed}");
     let listed: serde_json::Value = serde_json::from_str(&listed).expect("list JSON");
     for b in listed.as_array().expect("a list") {
         let id = b["id"].as_str().expect("id");
         let (code, body) = unix_http(
-            &d.api,
+            d.api.as_deref().expect("started with the API"),
             "DELETE",
             &format!("/v1/bypass/{}", percent(id.as_bytes())),
             "",
@@ -510,7 +437,7 @@ fn every_truncation_of_a_state_message_is_served_pass_through() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("listener");
     let target = listener.local_addr().expect("addr");
     std::thread::spawn(move || for _ in listener.incoming() {});
-    let mut d = Daemon::start();
+    let mut d = Daemon::start(true, &["--keeper-wait", "1"]);
     let full = state_json(std::process::id(), "cut");
     let mut failed = Vec::new();
     // From one byte: no fd travels with an empty message on a stream socket.

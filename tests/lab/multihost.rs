@@ -185,12 +185,13 @@ impl MultiHost {
         Ok(hosts)
     }
 
-    /// Processes the hosts' users still have `grace` after every
-    /// [`LabHost`] was dropped (`user: pid command` each): what the lab
-    /// leaked. The grace lets the netaccel keeper see its last container go.
-    pub fn leftovers(&self, grace: Duration) -> Vec<String> {
+    /// Tears the lab down once every [`LabHost`] was dropped, and returns
+    /// what it leaked: processes the hosts' users still have `grace` later
+    /// (`user: pid command` each; the grace lets the netaccel keeper see its
+    /// last container go), then namespaces still there after removal.
+    pub fn teardown(self, grace: Duration) -> Vec<String> {
         let deadline = std::time::Instant::now() + grace;
-        loop {
+        let mut left = loop {
             let left: Vec<String> = self
                 .labs
                 .iter()
@@ -206,10 +207,27 @@ impl MultiHost {
                 })
                 .collect();
             if left.is_empty() || std::time::Instant::now() > deadline {
-                return left;
+                break left;
             }
             std::thread::sleep(Duration::from_millis(100));
-        }
+        };
+        let mut names: Vec<String> = self.lan.hosts.iter().map(|h| h.netns.clone()).collect();
+        names.push(self.lan.switch.clone());
+        let uts: Vec<PathBuf> = self.lan.hosts.iter().map(|h| h.uts.clone()).collect();
+        drop(self);
+        let listed = run(Command::new("ip").args(["netns", "list"])).unwrap_or_default();
+        left.extend(
+            names
+                .into_iter()
+                .filter(|n| listed.split_whitespace().any(|w| w == n))
+                .map(|n| format!("network namespace {n}")),
+        );
+        left.extend(
+            uts.into_iter()
+                .filter(|p| p.exists())
+                .map(|p| format!("UTS namespace file {}", p.display())),
+        );
+        left
     }
 }
 
