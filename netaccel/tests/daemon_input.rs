@@ -72,7 +72,7 @@ fn malformed_state_json_is_served_pass_through() {
     let mut d = Daemon::start(false, &["--log-level", "debug"]);
     assert!(registered_thread_connects(&d.socket, b"{not json".to_vec(), 0));
     d.wait_log("bad registration");
-    d.assert_alive("it");
+    d.assert_alive("the bad input");
 }
 
 #[test]
@@ -86,7 +86,7 @@ fn oversized_state_is_served_pass_through() {
     let big = state.to_string().into_bytes();
     assert!(registered_thread_connects(&d.socket, big, 0));
     d.wait_log("larger than 1 MiB");
-    d.assert_alive("it");
+    d.assert_alive("the bad input");
 }
 
 #[test]
@@ -96,7 +96,7 @@ fn several_fds_are_served_pass_through_and_extras_closed() {
     assert!(registered_thread_connects(&d.socket, payload, 2));
     d.wait_log("not a seccomp notify fd");
     d.wait_log("fd(s) came with it");
-    d.assert_alive("it");
+    d.assert_alive("the bad input");
 }
 
 #[test]
@@ -105,7 +105,7 @@ fn a_valid_registration_from_the_host_namespace_keeps_working() {
     let payload = state_json(std::process::id(), &["seccompFd"]);
     assert!(registered_thread_connects(&d.socket, payload, 0));
     d.wait_log("shares the daemon's network namespace");
-    d.assert_alive("it");
+    d.assert_alive("the bad input");
 }
 
 #[test]
@@ -122,7 +122,7 @@ fn a_registration_whose_sender_keeps_the_connection_open_is_served_at_once() {
     );
     d.wait_log("shares the daemon's network namespace");
     assert!(!d.log().contains("registration timed out"), "{}", d.log());
-    d.assert_alive("it");
+    d.assert_alive("the bad input");
 }
 
 #[test]
@@ -147,7 +147,7 @@ fn messages_without_a_notify_fd_are_logged_and_dropped() {
     // The daemon still registers others while one client idles.
     assert!(registered_thread_connects(&d.socket, b"[]".to_vec(), 0));
     drop(idle);
-    d.assert_alive("it");
+    d.assert_alive("the bad input");
 }
 
 #[test]

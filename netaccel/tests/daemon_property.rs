@@ -430,6 +430,7 @@ fn any_sequence_of_registrations_exits_and_bad_messages_keeps_the_daemon_serving
         std::thread::sleep(Duration::from_millis(100));
     }
     d.assert_alive("the last step");
+    d.assert_no_panic();
 }
 
 #[test]
@@ -458,5 +459,6 @@ fn every_truncation_of_a_state_message_is_served_pass_through() {
         }
     }
     d.assert_alive("every truncation");
+    d.assert_no_panic();
     assert!(failed.is_empty(), "{failed:#?}\n{}", d.log());
 }
