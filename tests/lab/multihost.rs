@@ -108,13 +108,6 @@ impl HostLan {
         }
         Ok(lan)
     }
-
-    /// A command run as root inside host `i`'s network namespace.
-    pub fn root_command(&self, i: usize, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.hosts[i].netns, program]);
-        cmd
-    }
 }
 
 impl Drop for HostLan {
@@ -254,17 +247,6 @@ impl LabHost<'_> {
     /// Runs `sh -c script` in the node (`u7s shell`), which must succeed.
     pub fn shell(&self, script: &str) -> String {
         self.u.ok(&["shell", "--", "sh", "-c", script], &[])
-    }
-
-    /// The node's address on its engine network (`NODE_IP`).
-    pub fn node_ip(&self) -> Ipv4Addr {
-        let out = self.shell("/usr/sbin/ip -4 -o addr show dev eth0");
-        out.split_whitespace()
-            .skip_while(|w| *w != "inet")
-            .nth(1)
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no eth0 address in the node: {out}"))
     }
 
     /// Runs `args` as this host's user in its namespaces (a process on the
