@@ -271,16 +271,7 @@ fn holder_of_connection_to_apiserver(a: &LabHost, b: &LabHost, in_pod: bool) -> 
 }
 
 fn b_root_ss(b: &LabHost, filter: &str) -> String {
-    let mut args = vec!["ss", "-Htnp"];
-    args.extend(filter.split_whitespace());
-    rootless_lab::run(&mut h_root(b, &args)).unwrap_or_default()
-}
-
-/// A command run as root on host `h` (in its network namespace).
-fn h_root(h: &LabHost, args: &[&str]) -> std::process::Command {
-    let mut cmd = std::process::Command::new("ip");
-    cmd.args(["netns", "exec", &h.ns.netns]).args(args);
-    cmd
+    rootless_lab::run(b.root_command("ss").arg("-Htnp").args(filter.split_whitespace())).unwrap_or_default()
 }
 
 /// `n` hosts started for `body` (one lab at a time), then torn down: no
@@ -347,10 +338,10 @@ fn two_hosts_join_talk_over_vxlan_and_accel_bypasses_the_control_plane() {
         // The packets took the published UDP port: rootlesskit holds it on
         // each host.
         for h in hosts {
-            let ss = rootless_lab::run(&mut h_root(
-                h,
-                &["ss", "-Hunlp", &format!("sport = :{FLANNEL_PORT}")],
-            ))
+            let ss = rootless_lab::run(
+                h.root_command("ss")
+                    .args(["-Hunlp", &format!("sport = :{FLANNEL_PORT}")]),
+            )
             .expect("ss");
             assert!(
                 ss.contains("rootlesskit"),

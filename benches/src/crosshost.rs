@@ -98,17 +98,10 @@ pub fn run(seconds: u32, repeat: usize) -> Result<Option<CrossHostSamples>> {
 fn drain_time_wait(b: &LabHost, dst: &str) -> Result<()> {
     let started = std::time::Instant::now();
     loop {
-        let out = rootless_lab::run(std::process::Command::new("ip").args([
-            "netns",
-            "exec",
-            &b.ns.netns,
-            "ss",
-            "-Htan",
-            "state",
-            "time-wait",
-            "dst",
-            dst,
-        ]))?;
+        let out = rootless_lab::run(
+            b.root_command("ss")
+                .args(["-Htan", "state", "time-wait", "dst", dst]),
+        )?;
         let waiting = out.lines().count();
         if waiting < 100 || started.elapsed() > Duration::from_secs(70) {
             eprintln!(

@@ -249,6 +249,14 @@ impl LabHost<'_> {
         self.u.ok(&["shell", "--", "sh", "-c", script], &[])
     }
 
+    /// `program` run as root on this host (in its network namespace), to
+    /// look at it from outside the user's processes (`ss -p`…).
+    pub fn root_command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns.netns, program]);
+        cmd
+    }
+
     /// Runs `args` as this host's user in its namespaces (a process on the
     /// host itself, outside the engine).
     pub fn host_command(&self, program: &str, args: &[&str]) -> Result<String> {
